@@ -262,7 +262,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
         if cache is not False and cache is not None:
             self.cache = {} if cache is True else cache
             todo = [u for u in self.utterances if u.id not in self.cache]
-            for u in tqdm(todo, desc="decoding audio", leave=False, disable=len(todo) < 500):
+            for u in tqdm(todo, desc="decoding audio", leave=False, disable=True if len(todo) < 500 else None):
                 self.cache[u.id] = np.round(peak_normalise(load_audio(u.wav)) * 32767).astype(np.int16)
 
     def _waveform(self, i):

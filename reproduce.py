@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +238,7 @@ def autocast(cfg, device):
 def evaluate(model, loader, cfg, device, desc):
     model.eval()
     y_true, y_pred = [], []
-    for x, mask, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for x, mask, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
         with autocast(cfg, device):
             _, logits = model(x.to(device), None if mask is None else mask.to(device))
         y_true.append(y)
@@ -299,8 +300,11 @@ def run_fold(cfg, fold, out_dir, utterances, audio_cache=None):
     make = lambda utts, aug: iemocap.UtteranceDataset(utts, max_len=cfg.max_len, augment=aug, cache=audio_cache,
                                                       seed=derive_seed(cfg.seed, fold))
     pairs = TrainPairs(train, make(train, cfg.augment), cfg, fold)
+    if cfg.padding == "dynamic":  # scores do not depend on order; like lengths together pad less
+        for part in ("val", "test"):
+            split[part] = sorted(split[part], key=lambda u: u.duration)
     eval_loader = lambda utts: DataLoader(make(utts, "none"), batch_size=cfg.batch_size, num_workers=cfg.workers,
-                                          collate_fn=lambda b: collate_eval(b, cfg))
+                                          collate_fn=partial(collate_eval, cfg=cfg))
     val_loader = eval_loader(split["val"]) if split["val"] else None
     test_loader = eval_loader(split["test"])
 
@@ -330,16 +334,17 @@ def run_fold(cfg, fold, out_dir, utterances, audio_cache=None):
         torch.manual_seed(derive_seed(cfg.seed, fold, epoch, 5))  # dropout
         pairs.set_epoch(epoch)
         loader = DataLoader(pairs, batch_sampler=pairs.batches(cfg.batch_size, cfg.padding == "dynamic"),
-                            num_workers=cfg.workers, collate_fn=lambda b: collate_train(b, cfg),
+                            num_workers=cfg.workers, collate_fn=partial(collate_train, cfg=cfg),
                             pin_memory=device.type == "cuda")
         model.train()
         t0, audio_seconds, sums, steps = time.time(), 0.0, np.zeros(3), 0
-        bar = tqdm(loader, desc=f"fold {fold} epoch {epoch}", leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"fold {fold} epoch {epoch}", leave=False, dynamic_ncols=True,
+                   disable=None)  # disable=None: bars only on a terminal, not in logs
         for x_i, x_j, mask, l_i, l_j, y_i, y_j in bar:
-            x_i, x_j, l_i, l_j = x_i.to(device), x_j.to(device), l_i.to(device), l_j.to(device)
-            y_i, y_j = onehot(y_i.to(device)), onehot(y_j.to(device))
-            mask = None if mask is None else mask.to(device)
-            lam = cfg.mixup_lambda
+            audio_seconds += torch.maximum(l_i, l_j).sum().item() / iemocap.SAMPLE_RATE  # real audio, no padding
+            x_i, x_j, l_i, l_j, y_i, y_j = (t.to(device, non_blocking=True) for t in (x_i, x_j, l_i, l_j, y_i, y_j))
+            mask = None if mask is None else mask.to(device, non_blocking=True)
+            y_i, y_j, lam = onehot(y_i), onehot(y_j), cfg.mixup_lambda
             x = mix_waveforms(x_i, x_j, lam)  # Eq. 1 (unmixed items are their own partner)
             if cfg.mixup == "conventional":
                 y = mixup_targets(y_i, y_j, lam)  # Eq. 2
@@ -347,23 +352,26 @@ def run_fold(cfg, fold, out_dir, utterances, audio_cache=None):
                 y = label_adaptive_targets(y_i, y_j, l_i.float(), l_j.float(), lam)  # Eq. 3
             opt.zero_grad(set_to_none=True)
             opt_c.zero_grad(set_to_none=True)
-            for s in range(0, len(x), micro):
+            step = torch.zeros(3, device=device)  # L, L_r, L_c of this batch
+            for s in range(0, len(x), micro):  # micro-batches of --grad-accum
                 part = slice(s, s + micro)
                 with autocast(cfg, device):
                     z, logits = model(x[part], None if mask is None else mask[part])
                 l_r = recognition_loss(logits.float(), y[part])  # Eq. 4
                 l_c = center_loss(z.float(), y[part].argmax(1))  # Eq. 5
                 loss = joint_loss(l_r, l_c, cfg.center_weight)  # Eq. 6
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"fold {fold} epoch {epoch}: the loss became {loss.item()}; "
-                                             "try --precision fp32 or a lower --lr")
-                scaler.scale(loss * len(logits) / len(x)).backward()
-                sums += np.array([loss.item(), l_r.item(), l_c.item()]) * len(logits) / len(x)
+                share = len(logits) / len(x)
+                scaler.scale(loss * share).backward()
+                step += torch.stack([loss, l_r, l_c]).detach() * share
+            step = step.tolist()  # the one host sync of a step
+            if not math.isfinite(step[0]):
+                raise FloatingPointError(f"fold {fold} epoch {epoch}: the loss became {step[0]}; "
+                                         "try --precision fp32 or a lower --lr")
             scaler.step(opt)
             scaler.step(opt_c)
             scaler.update()
+            sums += step
             steps += 1
-            audio_seconds += torch.maximum(l_i, l_j).sum().item() / iemocap.SAMPLE_RATE
             bar.set_postfix(loss=f"{sums[0] / steps:.3f}")
         lr = opt.param_groups[0]["lr"]
         sched.step()
@@ -377,7 +385,8 @@ def run_fold(cfg, fold, out_dir, utterances, audio_cache=None):
             atomic_save({**model.state_dict(), **{f"center_loss.{k}": v for k, v in center_loss.state_dict().items()}}, best_path)
         else:
             es["bad_epochs"] += 1
-        row = dict(epoch=epoch, loss=sums[0] / steps, l_r=sums[1] / steps, l_c=sums[2] / steps, lr=lr,
+        sums = (sums / steps).tolist()
+        row = dict(epoch=epoch, loss=sums[0], l_r=sums[1], l_c=sums[2], lr=lr,
                    val_wa=val and val["wa"], val_ua=val and val["ua"], seconds=seconds, audio_per_s=audio_seconds / seconds)
         es["history"].append(row)
         es["epoch"] = epoch
