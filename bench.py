@@ -1,0 +1,327 @@
+"""Training throughput of the suite against the authors' setup, measured side by side (issue 7).
+
+    python bench.py                    # GPU: HuBERT-Large (random init), batch 16; CPU: a reduced width, ~1 minute
+    python bench.py --corpus DIR       # the data pipeline reads (or first writes) its synthetic replica in DIR
+
+Every variant trains on the same random batches, with the work of one step of
+reproduce.py's loop: Eq. 1 and Eq. 3 on the device, forward, Eq. 4 + lambda * Eq. 5,
+backward, both Adam steps.
+  authors  the authors' script: every item padded to 100,000 samples with its mean, no
+           attention mask, all layers computed and layer k taken from hidden_states (before
+           the final LayerNorm), fp32, eager attention (their PyTorch 1.12), Adam (foreach).
+  default  reproduce.py as it is: SERModel with k layers, fixed padding, default precision
+           (bf16 on a GPU that has it, else fp32), SDPA, fused Adam on a GPU.
+  fast     reproduce.py --padding dynamic: the same items regrouped into length-bucketed
+           batches, padded to each batch's longest, with the attention mask.
+  fast+compile  (--compile) fast with its transformer layers under torch.compile.
+Then the data pipeline's utterances/s, and on a GPU the projected time of the paper's protocol.
+The last line is `speedup fast/authors: N.NNx on <device>`, for scripts to read.
+"""
+import argparse
+import dataclasses
+import gc
+import os
+import platform
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from transformers import HubertModel
+
+import iemocap
+import reproduce
+from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, recognition_loss
+from model import SERModel, tiny_hubert_config
+
+SR = iemocap.SAMPLE_RATE
+# HuBERT-Large (Sec. 2.2); tiny_hubert_config already has Large's front end and norms.
+LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+             conv_dim=(512,) * 7, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
+# Large at a quarter of its width and depth, so that a 2-core CPU finishes in about a minute.
+# A quarter of Large's width and half its depth, keeping its mix of work: the transformer does
+# ~89% of the FLOPs of a 6.25 s item (Large: ~85%), and k/N = 11/12 as 22/24.
+REDUCED = dict(LARGE, hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024, conv_dim=(64,) * 7)
+# Per device: model, layer k, batch, timed steps, warm-up steps, data-pipeline batches,
+# workers (GPU: reproduce.py's default), 4-class utterances per speaker of the replica (553: IEMOCAP's size).
+SETTINGS = {
+    "cuda": dict(model=LARGE, layers=22, batch_size=16, steps=20, warmup=3, pipeline_batches=30, workers=4, per_speaker=553),
+    "cpu": dict(model=REDUCED, layers=11, batch_size=8, steps=6, warmup=1, pipeline_batches=8, workers=2, per_speaker=40),
+    "quick": dict(model={}, layers=3, batch_size=2, steps=2, warmup=1, pipeline_batches=3, workers=0, per_speaker=8),
+}
+# The paper's protocol per fold: 4 of 5 sessions of the 5531 utterances, 10% of them validate.
+TRAIN_UTTERANCES, VAL_UTTERANCES = (round(iemocap.PUBLISHED["total"] * 4 / 5 * share) for share in (0.9, 0.1))
+# Epochs a fold of reproduce.py runs, assumed: the learning rate shrinks by 0.8 per epoch
+# for 20 epochs, so validation WA stops improving around epoch 10-30, and early stopping
+# (patience 10) ends the fold 10 epochs later: about 30, between 20 and 40.
+EPOCHS_PER_FOLD, EPOCH_RANGE = 30, (20, 40)
+
+
+class AuthorsModel(nn.Module):
+    """The authors' script: the whole HuBERT runs, layer k's output is picked from
+    hidden_states (before the final LayerNorm), first frame, f0/f1, dropout 0.4 on the
+    attention output of the first k layers."""
+
+    def __init__(self, hubert, layers, dropout=0.4, num_classes=4):
+        super().__init__()
+        self.hubert, self.k = hubert, layers
+        for layer in hubert.encoder.layers[:layers]:
+            layer.dropout.p = dropout
+        self.f0 = nn.Linear(hubert.config.hidden_size, 64)
+        self.f1 = nn.Linear(64, num_classes)
+
+    def forward(self, waveforms, attention_mask=None):
+        F_e = self.hubert(waveforms, output_hidden_states=True).hidden_states[self.k]  # (B, T, 1024); mask ignored, as theirs
+        z = self.f0(F_e[:, 0])
+        return z, self.f1(z)
+
+
+def train_flops(config, layers, length):
+    """Analytic FLOPs of one training step on one waveform of `length` samples (padding
+    included: it is computed too). A multiply-add counts 2; backward costs twice the
+    forward, so x3. Counted: the conv front end, the feature projection, the positional
+    convolution, `layers` transformer layers (Q, K, V, output and feed-forward matmuls,
+    plus attention's T^2 terms QK^T and AV) and f0/f1. Norms, activations and softmax
+    are left out (a few percent)."""
+    h, ff = config.hidden_size, config.intermediate_size
+    T, c_in, flops = length, 1, 0
+    for c_out, kernel, stride in zip(config.conv_dim, config.conv_kernel, config.conv_stride):
+        T = (T - kernel) // stride + 1
+        flops += 2 * T * c_in * c_out * kernel
+        c_in = c_out
+    flops += 2 * T * c_in * h  # feature projection
+    flops += 2 * T * h * (h // config.num_conv_pos_embedding_groups) * config.num_conv_pos_embeddings
+    flops += layers * (2 * T * (4 * h * h + 2 * h * ff) + 2 * 2 * T * T * h)
+    flops += 2 * (h * 64 + 64 * 4)
+    return 3 * flops
+
+
+def draw_items(n, max_len, seed=0):
+    """n training items (x_i, l_i, y_i, x_j, l_j, y_j) as reproduce.TrainPairs serves them:
+    IEMOCAP-like lengths cropped at max_len, and with p 0.5 a random partner, so the model
+    sees the longer of the two (Eq. 1). Noise stands in for speech: the cost is the same."""
+    rng = np.random.default_rng(seed)
+    # iemocap's replica draws its lengths the same way: lognormal, mean 4.55 s, 0.585-34.1 s
+    lengths = np.minimum(np.round(iemocap._durations(rng, n, **iemocap.IEMOCAP_LENGTHS) * SR), max_len).astype(int)
+    labels = rng.integers(len(iemocap.CLASSES), size=n)
+    partner = np.where(rng.random(n) < 0.5, rng.integers(n, size=n), np.arange(n))
+    gen = torch.Generator().manual_seed(seed)
+    waves = [0.1 * torch.randn(int(l), generator=gen) for l in lengths]
+    return [(waves[i], int(lengths[i]), int(labels[i]), waves[j], int(lengths[j]), int(labels[j]))
+            for i, j in enumerate(partner)]
+
+
+def bucketed(batches, seed=0):
+    """The same items regrouped as reproduce.TrainPairs.batches does for --padding dynamic:
+    sorted by the length the model sees within windows of 50 batches, cut, shuffled."""
+    size, items = len(batches[0]), [item for batch in batches for item in batch]
+    window, out = 50 * size, []
+    for s in range(0, len(items), window):
+        chunk = sorted(items[s:s + window], key=lambda item: max(item[1], item[4]))
+        out += [chunk[k:k + size] for k in range(0, len(chunk), size)]
+    np.random.default_rng(seed).shuffle(out)
+    return out
+
+
+def build(name, width, layers, device):
+    """The variant's model; `width` overrides tiny_hubert_config (LARGE, REDUCED or {})."""
+    torch.manual_seed(0)  # the same HuBERT weights in every variant
+    if name == "authors":
+        model = AuthorsModel(HubertModel(tiny_hubert_config(**width, attn_implementation="eager")), layers)
+    else:
+        model = SERModel(HubertModel(tiny_hubert_config(**width, attn_implementation="sdpa")), layers=layers)
+    return model.to(device).train()
+
+
+def reset_peak_memory(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return 0
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak RSS (VmHWM) restarts from here
+    except OSError:
+        return None
+    return proc_status("VmRSS")
+
+
+def peak_memory(device, start):
+    """GiB: CUDA max_memory_allocated; on a CPU the process's peak RSS above its RSS at the variant's start."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return None if start is None else (proc_status("VmHWM") - start) / 2 ** 30
+
+
+def proc_status(key):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":"))
+    return int(line.split()[1]) * 1024  # kB -> bytes
+
+
+def measure(name, cfg, warm, timed, width, args, device):
+    """Train `warm` then `timed` (collated batches); returns the timed steps' figures."""
+    model = build("authors" if name == "authors" else "suite", width, args.layers, device)
+    if name == "fast+compile":
+        # Only the transformer layers (~85% of Large's FLOPs): the whole model breaks its graph in
+        # the conv front end and recompiles for every new batch length; these layers do not.
+        for layer in model.hubert.encoder.layers:
+            layer.compile(dynamic=True)
+    center_loss = CenterLoss(len(iemocap.CLASSES), 64).to(device)
+    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+    if name != "authors":
+        adam["fused"] = device.type == "cuda"  # as reproduce.run_fold
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam)
+    opt_c = torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam)
+    onehot = lambda y: nn.functional.one_hot(y, len(iemocap.CLASSES)).float()
+
+    def step(batch):  # the body of reproduce.run_fold's loop, one micro-batch
+        x_i, x_j, mask, l_i, l_j, y_i, y_j = (None if t is None else t.to(device, non_blocking=True) for t in batch)
+        x = mix_waveforms(x_i, x_j, cfg.mixup_lambda)  # Eq. 1
+        y = label_adaptive_targets(onehot(y_i), onehot(y_j), l_i.float(), l_j.float(), cfg.mixup_lambda)  # Eq. 3
+        opt.zero_grad(set_to_none=True)
+        opt_c.zero_grad(set_to_none=True)
+        with reproduce.autocast(cfg, device):
+            z, logits = model(x, mask)
+        l_r = recognition_loss(logits.float(), y)  # Eq. 4
+        l_c = center_loss(z.float(), y.argmax(1))  # Eq. 5
+        loss = joint_loss(l_r, l_c, cfg.center_weight)  # Eq. 6
+        loss.backward()
+        torch.stack([loss, l_r, l_c]).tolist()  # reproduce.py reads the three losses: its one host sync per step
+        opt.step()
+        opt_c.step()
+
+    torch.manual_seed(1)  # dropout
+    for batch in warm:
+        step(batch)
+    start = reset_peak_memory(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)  # GPU work is async
+    sync()
+    t0 = time.perf_counter()
+    for batch in timed:
+        step(batch)
+    sync()
+    seconds = time.perf_counter() - t0
+    config = model.hubert.config  # the authors' model keeps every layer, SERModel only k
+    flops = sum(train_flops(config, config.num_hidden_layers, b[0].shape[1]) * len(b[0]) for b in timed)
+    utterances = sum(len(b[0]) for b in timed)
+    audio = sum(torch.maximum(b[3], b[4]).sum().item() for b in timed) / SR  # the mix's length (Eq. 1), as reproduce.py counts
+    return dict(steps=len(timed) / seconds, utt=utterances / seconds, audio=audio / seconds,
+                memory=peak_memory(device, start), tflops=flops / seconds / 1e12)
+
+
+def pipeline_throughput(train, cfg, batches, workers, cache):
+    """Utterances/s of reproduce.py's training input: read the audio (cache False: decode
+    every wav every time, as the authors' script; True: decoded once up front, as
+    reproduce.py), peak-normalise, crop, augment (authors' chain), pair for mixup, collate."""
+    data = iemocap.UtteranceDataset(train, max_len=cfg.max_len, augment="authors", cache=cache)
+    pairs = reproduce.TrainPairs(train, data, cfg, fold=5)
+    sampler = pairs.batches(cfg.batch_size, bucketed=cfg.padding == "dynamic")[:batches]
+    t0 = time.perf_counter()  # worker start-up included: reproduce.py starts them every epoch
+    count = sum(len(b[0]) for b in DataLoader(pairs, batch_sampler=sampler, num_workers=workers,
+                                              collate_fn=partial(reproduce.collate_train, cfg=cfg)))
+    return count / (time.perf_counter() - t0)
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpu = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        cpu = cpu.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu} ({os.cpu_count()} cores)"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="tiny HuBERT and replica, 2 steps: a smoke test (seconds)")
+    for flag in ("batch-size", "steps", "warmup", "layers", "workers"):
+        p.add_argument(f"--{flag}", type=int, help="default: per device, see SETTINGS")
+    p.add_argument("--corpus", help="synthetic replica for the data pipeline, written there if missing (default "
+                   "~/.cache/ser-lam-mixup/bench-replica-N; full size on a GPU: ~80 s and ~1 GB once). A full-size "
+                   "one for a CPU: python iemocap.py --synthetic DIR --utterances-per-speaker 553 --iemocap-lengths")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the fast variant with its transformer layers under torch.compile")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    settings = SETTINGS["quick" if args.quick else device.type]
+    for key in ("batch_size", "steps", "warmup", "layers", "workers"):
+        setattr(args, key, settings[key] if getattr(args, key) is None else getattr(args, key))
+    config = tiny_hubert_config(**settings["model"])
+
+    default = reproduce.Config(device=args.device, batch_size=args.batch_size)
+    reproduce.resolve_device(default)
+    # fast: --padding dynamic with bf16 autocast wherever the device computes in bf16 (a GPU with
+    # bf16; a CPU with AVX512-BF16 or AMX). On such a CPU the fp32 dynamic row shows each part's share.
+    fast_precision = "bf16" if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported() else default.precision
+    variants = {"authors": dataclasses.replace(default, precision="fp32"), "default": default}
+    if device.type == "cpu" and fast_precision != default.precision:
+        variants["fast fp32"] = dataclasses.replace(default, padding="dynamic")
+    variants["fast"] = dataclasses.replace(default, padding="dynamic", precision=fast_precision)
+    if args.compile:
+        variants["fast+compile"] = variants["fast"]
+    name = device_name(device)
+    print(f"device: {name} | HuBERT (random init): hidden {config.hidden_size}, {config.num_hidden_layers} layers "
+          f"(layer {args.layers} taken), {config.num_attention_heads} heads, feed-forward {config.intermediate_size}, "
+          f"conv {config.conv_dim[0]} x 7" + ("" if settings["model"] is LARGE else " (reduced from Large's 1024/24/16/4096/512)"))
+
+    root = Path(args.corpus or Path.home() / ".cache" / "ser-lam-mixup" / f"bench-replica-{settings['per_speaker']}")
+    if not (root / "Session5").exists():
+        print(f"writing a synthetic replica ({settings['per_speaker']} utterances per speaker) to {root}", flush=True)
+        iemocap.make_synthetic_iemocap(root, utterances_per_speaker=settings["per_speaker"], **iemocap.IEMOCAP_LENGTHS)
+    utterances = iemocap.read_iemocap(root)
+    train = iemocap.split_fold(utterances, 5)["train"]
+    pipeline = {cache: pipeline_throughput(train, variants["fast"], settings["pipeline_batches"], args.workers, cache)
+                for cache in (False, True)}
+
+    items = draw_items((args.warmup + args.steps) * args.batch_size, default.max_len)
+    plain = [items[k:k + args.batch_size] for k in range(0, len(items), args.batch_size)]
+    batches = {"fixed": plain, "dynamic": bucketed(plain[:args.warmup]) + bucketed(plain[args.warmup:])}
+    seen = np.mean([max(item[1], item[4]) for item in items]) / SR
+    print(f"batches: {args.steps} timed steps of {args.batch_size} after {args.warmup} warm-up, the same items in every "
+          f"variant; lengths as the training loop sees them: IEMOCAP-like (0.585-34.1 s, mean 4.55 s) cropped at "
+          f"{default.max_len} samples, half mixed with a random partner and as long as the longer one (Eq. 1): "
+          f"mean {seen:.2f} s per item", flush=True)
+
+    results = {}
+    for variant, cfg in variants.items():
+        collated = [reproduce.collate_train(b, cfg) for b in batches[cfg.padding]]
+        if device.type == "cuda":  # reproduce.py's DataLoader pins its batches
+            collated = [tuple(None if t is None else t.pin_memory() for t in b) for b in collated]
+        results[variant] = measure(variant, cfg, collated[:args.warmup], collated[args.warmup:], settings["model"], args, device)
+        print(f"{variant}: {results[variant]['steps']:.3f} steps/s", flush=True)
+
+    fast, authors = results["fast"], results["authors"]
+    feed = pipeline[True] / fast["utt"]
+    print(f"data pipeline, {args.workers} workers, fold 5 of {root} ({len(utterances)} utterances, IEMOCAP {iemocap.PUBLISHED['total']}; "
+          f"{len(train)} to train on): crop + augment "
+          f"+ mixup pairs + collate {pipeline[True]:.1f} utt/s from decoded audio (reproduce.py), "
+          f"{pipeline[False]:.1f} utt/s decoding every wav (the authors); reproduce.py's feeds {feed:.2f}x what suite "
+          f"fast consumes (target >= 2 on a GPU): {'enough' if feed >= 2 else 'NOT enough'}")
+    if device.type == "cuda":
+        print("projected from these rates (validation is forward only: ~1/3 of a training step per utterance):")
+        for variant, r in results.items():
+            epoch = (TRAIN_UTTERANCES + VAL_UTTERANCES / 3) / r["utt"]
+            run = 5 * EPOCHS_PER_FOLD * epoch / 3600
+            print(f"  {variant}: paper-protocol epoch ({TRAIN_UTTERANCES} training + {VAL_UTTERANCES} validation "
+                  f"utterances) {epoch / 60:.1f} min; reproduce.py --fold all, 5 folds x {EPOCHS_PER_FOLD} epochs "
+                  f"(assumed: early stopping at patience 10 ends a fold around epoch {EPOCH_RANGE[0]}-{EPOCH_RANGE[1]}) "
+                  f"{run:.2f} h ({run * EPOCH_RANGE[0] / EPOCHS_PER_FOLD:.2f}-{run * EPOCH_RANGE[1] / EPOCHS_PER_FOLD:.2f} h)")
+    memory = "GPU max allocated" if device.type == "cuda" else "CPU peak RSS increase"
+    print(f"\n| variant | precision | padding | steps/s | utt/s | audio s/s | {memory} (GiB) | TFLOP/s | audio s/s vs authors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for variant, r in results.items():
+        mem = "n/a" if r["memory"] is None else f"{r['memory']:.2f}"
+        print(f"| {variant} | {variants[variant].precision} | {variants[variant].padding} | {r['steps']:.3f} | "
+              f"{r['utt']:.2f} | {r['audio']:.2f} | {mem} | {r['tflops']:.3f} | {r['audio'] / authors['audio']:.2f}x |")
+    print(f"speedup fast/authors: {fast['audio'] / authors['audio']:.2f}x on {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
