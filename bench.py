@@ -11,8 +11,10 @@ backward, both Adam steps.
            the final LayerNorm), fp32, eager attention (their PyTorch 1.12), Adam (foreach).
   default  reproduce.py as it is: SERModel with k layers, fixed padding, default precision
            (bf16 on a GPU that has it, else fp32), SDPA, fused Adam on a GPU.
-  fast     reproduce.py --padding dynamic: the same items regrouped into length-bucketed
-           batches, padded to each batch's longest, with the attention mask.
+  fast     reproduce.py --padding dynamic --precision bf16: the same items regrouped into
+           length-bucketed batches, padded to each batch's longest, with the attention mask,
+           in bf16 autocast where the device has bf16 (else as default; on a CPU with bf16
+           the fp32 dynamic row "fast fp32" is shown too).
   fast+compile  (--compile) fast with its transformer layers under torch.compile.
 Then the data pipeline's utterances/s, and on a GPU the projected time of the paper's protocol.
 The last line is `speedup fast/authors: N.NNx on <device>`, for scripts to read.
@@ -41,9 +43,9 @@ SR = iemocap.SAMPLE_RATE
 # HuBERT-Large (Sec. 2.2); tiny_hubert_config already has Large's front end and norms.
 LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
              conv_dim=(512,) * 7, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
-# Large at a quarter of its width and depth, so that a 2-core CPU finishes in about a minute.
 # A quarter of Large's width and half its depth, keeping its mix of work: the transformer does
-# ~89% of the FLOPs of a 6.25 s item (Large: ~85%), and k/N = 11/12 as 22/24.
+# ~89% of the FLOPs of a 6.25 s item (Large: ~85%), and k/N = 11/12 as 22/24; a 2-core CPU
+# runs the bench in about a minute.
 REDUCED = dict(LARGE, hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024, conv_dim=(64,) * 7)
 # Per device: model, layer k, batch, timed steps, warm-up steps, data-pipeline batches,
 # workers (GPU: reproduce.py's default), 4-class utterances per speaker of the replica (553: IEMOCAP's size).

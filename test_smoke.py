@@ -684,6 +684,14 @@ def test_missing_hubert_weights_say_how_to_get_them(small_corpus, tmp_path, caps
     assert code == 2 and "download" in err and "--demo" in err
 
 
+def test_a_nan_loss_stops_the_fold_with_a_message(small_corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(reproduce, "recognition_loss", lambda logits, targets: logits.sum() * float("nan"))
+    code, err = run_main(["--demo", "--demo-corpus", small_corpus, "--fold", "1", "--epochs", "1", "--max-len", "8000",
+                          "--out", tmp_path / "r"], capsys)
+    assert code == 1 and "the loss became nan" in err
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
 def test_bad_fold_is_refused(tmp_path, capsys):
     code, err = run_main(["--demo", "--fold", "6", "--out", tmp_path / "r"], capsys)
     assert code == 2 and "--fold" in err
