@@ -3,7 +3,7 @@
     python bench.py                    # GPU: HuBERT-Large (random init), batch 16; CPU: a reduced width, ~1 minute
     python bench.py --corpus DIR       # the data pipeline reads (or first writes) its synthetic replica in DIR
 
-Every variant trains on the same random batches, with the work of one step of
+Every variant trains on the same random batches with reproduce.train_step, the body of
 reproduce.py's loop: Eq. 1 and Eq. 3 on the device, forward, Eq. 4 + lambda * Eq. 5,
 backward, both Adam steps.
   authors  the authors' script: every item padded to 100,000 samples with its mean, no
@@ -22,8 +22,6 @@ The last line is `speedup fast/authors: N.NNx on <device>`, for scripts to read.
 import argparse
 import dataclasses
 import gc
-import os
-import platform
 import time
 from functools import partial
 from pathlib import Path
@@ -36,7 +34,7 @@ from transformers import HubertModel
 
 import iemocap
 import reproduce
-from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, recognition_loss
+from losses import CenterLoss
 from model import SERModel, tiny_hubert_config
 
 SR = iemocap.SAMPLE_RATE
@@ -177,23 +175,8 @@ def measure(name, cfg, warm, timed, width, args, device):
         adam["fused"] = device.type == "cuda"  # as reproduce.run_fold
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam)
     opt_c = torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam)
-    onehot = lambda y: nn.functional.one_hot(y, len(iemocap.CLASSES)).float()
-
-    def step(batch):  # the body of reproduce.run_fold's loop, one micro-batch
-        x_i, x_j, mask, l_i, l_j, y_i, y_j = (None if t is None else t.to(device, non_blocking=True) for t in batch)
-        x = mix_waveforms(x_i, x_j, cfg.mixup_lambda)  # Eq. 1
-        y = label_adaptive_targets(onehot(y_i), onehot(y_j), l_i.float(), l_j.float(), cfg.mixup_lambda)  # Eq. 3
-        opt.zero_grad(set_to_none=True)
-        opt_c.zero_grad(set_to_none=True)
-        with reproduce.autocast(cfg, device):
-            z, logits = model(x, mask)
-        l_r = recognition_loss(logits.float(), y)  # Eq. 4
-        l_c = center_loss(z.float(), y.argmax(1))  # Eq. 5
-        loss = joint_loss(l_r, l_c, cfg.center_weight)  # Eq. 6
-        loss.backward()
-        torch.stack([loss, l_r, l_c]).tolist()  # reproduce.py reads the three losses: its one host sync per step
-        opt.step()
-        opt_c.step()
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # no variant runs fp16
+    step = partial(reproduce.train_step, model, center_loss, opt, opt_c, scaler, cfg=cfg, device=device, where=name)
 
     torch.manual_seed(1)  # dropout
     for batch in warm:
@@ -227,17 +210,6 @@ def pipeline_throughput(train, cfg, batches, workers, cache):
     return count / (time.perf_counter() - t0)
 
 
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        cpu = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
-        cpu = cpu.split(":", 1)[1].strip()
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu} ({os.cpu_count()} cores)"
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -267,7 +239,7 @@ def main(argv=None):
     variants["fast"] = dataclasses.replace(default, padding="dynamic", precision=fast_precision)
     if args.compile:
         variants["fast+compile"] = variants["fast"]
-    name = device_name(device)
+    name = reproduce.device_name(device)
     print(f"device: {name} | HuBERT (random init): hidden {config.hidden_size}, {config.num_hidden_layers} layers "
           f"(layer {args.layers} taken), {config.num_attention_heads} heads, feed-forward {config.intermediate_size}, "
           f"conv {config.conv_dim[0]} x 7" + ("" if settings["model"] is LARGE else " (reduced from Large's 1024/24/16/4096/512)"))

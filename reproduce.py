@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+from transformers import HubertModel
 
 import iemocap
 from iemocap import CLASSES, IemocapError
@@ -221,10 +222,7 @@ def collate_eval(items, cfg):
 
 def build_model(cfg, fold):
     torch.manual_seed(derive_seed(cfg.seed, fold, 0, 3))  # f0, f1 and (--demo) HuBERT initialisation
-    hubert = load_hubert(cfg.hubert) if cfg.hubert != "tiny" else None
-    if hubert is None:
-        from transformers import HubertModel
-        hubert = HubertModel(tiny_hubert_config())
+    hubert = HubertModel(tiny_hubert_config()) if cfg.hubert == "tiny" else load_hubert(cfg.hubert)
     return SERModel(hubert, layers=cfg.layers, dropout=cfg.dropout, pooling=cfg.pooling,
                     num_classes=len(CLASSES), normalize_waveform=cfg.normalize_waveform)
 
@@ -259,19 +257,49 @@ def scores(y_true, y_pred):
 # ---------------------------------------------------------------------------- one fold
 
 
-def atomic_save(obj, path):
-    tmp = Path(str(path) + ".tmp")
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, where=""):
+    """One optimizer step on a collate_train batch: Eq. 1, Eq. 3 (or 2), forward, Eq. 4-6,
+    backward, both Adam steps. Returns [L, L_r, L_c] of the batch."""
+    x_i, x_j, mask, l_i, l_j, y_i, y_j = (None if t is None else t.to(device, non_blocking=True) for t in batch)
+    onehot = lambda y: torch.nn.functional.one_hot(y, len(CLASSES)).float()
+    y_i, y_j, lam = onehot(y_i), onehot(y_j), cfg.mixup_lambda
+    x = mix_waveforms(x_i, x_j, lam)  # Eq. 1 (unmixed items are their own partner)
+    if cfg.mixup == "conventional":
+        y = mixup_targets(y_i, y_j, lam)  # Eq. 2
     else:
-        torch.save(obj, tmp)
+        y = label_adaptive_targets(y_i, y_j, l_i.float(), l_j.float(), lam)  # Eq. 3
+    opt.zero_grad(set_to_none=True)
+    opt_c.zero_grad(set_to_none=True)
+    step = torch.zeros(3, device=device)  # L, L_r, L_c of this batch
+    micro = math.ceil(len(x) / cfg.grad_accum)
+    for s in range(0, len(x), micro):  # micro-batches of --grad-accum
+        part = slice(s, s + micro)
+        with autocast(cfg, device):
+            z, logits = model(x[part], None if mask is None else mask[part])
+        l_r = recognition_loss(logits.float(), y[part])  # Eq. 4
+        l_c = center_loss(z.float(), y[part].argmax(1))  # Eq. 5
+        loss = joint_loss(l_r, l_c, cfg.center_weight)  # Eq. 6
+        share = len(logits) / len(x)
+        scaler.scale(loss * share).backward()
+        step += torch.stack([loss, l_r, l_c]).detach() * share
+    step = step.tolist()  # the one host sync of a step
+    if not math.isfinite(step[0]):
+        raise FloatingPointError(f"{where}: the loss became {step[0]}; try --precision fp32 or a lower --lr")
+    scaler.step(opt)
+    scaler.step(opt_c)
+    scaler.update()
+    return step
+
+
+def atomic_write(path, write):
+    """write(tmp) then rename: a run killed mid-write leaves the old file, never half a new one."""
+    tmp = Path(str(path) + ".tmp")
+    write(tmp)
     os.replace(tmp, path)
 
 
 def write_json(obj, path):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def run_fold(cfg, fold, out_dir, utterances, audio_cache=None):
@@ -328,8 +356,6 @@ def run_fold(cfg, fold, out_dir, utterances, audio_cache=None):
         es = state["es"]
         print(f"fold {fold}: resumed after epoch {es['epoch']}")
 
-    onehot = lambda y: torch.nn.functional.one_hot(y, len(CLASSES)).float()
-    micro = math.ceil(cfg.batch_size / cfg.grad_accum)
     for epoch in range(es["epoch"] + 1, cfg.epochs + 1):
         torch.manual_seed(derive_seed(cfg.seed, fold, epoch, 5))  # dropout
         pairs.set_epoch(epoch)
@@ -340,36 +366,10 @@ def run_fold(cfg, fold, out_dir, utterances, audio_cache=None):
         t0, audio_seconds, sums, steps = time.time(), 0.0, np.zeros(3), 0
         bar = tqdm(loader, desc=f"fold {fold} epoch {epoch}", leave=False, dynamic_ncols=True,
                    disable=None)  # disable=None: bars only on a terminal, not in logs
-        for x_i, x_j, mask, l_i, l_j, y_i, y_j in bar:
-            audio_seconds += torch.maximum(l_i, l_j).sum().item() / iemocap.SAMPLE_RATE  # real audio, no padding
-            x_i, x_j, l_i, l_j, y_i, y_j = (t.to(device, non_blocking=True) for t in (x_i, x_j, l_i, l_j, y_i, y_j))
-            mask = None if mask is None else mask.to(device, non_blocking=True)
-            y_i, y_j, lam = onehot(y_i), onehot(y_j), cfg.mixup_lambda
-            x = mix_waveforms(x_i, x_j, lam)  # Eq. 1 (unmixed items are their own partner)
-            if cfg.mixup == "conventional":
-                y = mixup_targets(y_i, y_j, lam)  # Eq. 2
-            else:
-                y = label_adaptive_targets(y_i, y_j, l_i.float(), l_j.float(), lam)  # Eq. 3
-            opt.zero_grad(set_to_none=True)
-            opt_c.zero_grad(set_to_none=True)
-            step = torch.zeros(3, device=device)  # L, L_r, L_c of this batch
-            for s in range(0, len(x), micro):  # micro-batches of --grad-accum
-                part = slice(s, s + micro)
-                with autocast(cfg, device):
-                    z, logits = model(x[part], None if mask is None else mask[part])
-                l_r = recognition_loss(logits.float(), y[part])  # Eq. 4
-                l_c = center_loss(z.float(), y[part].argmax(1))  # Eq. 5
-                loss = joint_loss(l_r, l_c, cfg.center_weight)  # Eq. 6
-                share = len(logits) / len(x)
-                scaler.scale(loss * share).backward()
-                step += torch.stack([loss, l_r, l_c]).detach() * share
-            step = step.tolist()  # the one host sync of a step
-            if not math.isfinite(step[0]):
-                raise FloatingPointError(f"fold {fold} epoch {epoch}: the loss became {step[0]}; "
-                                         "try --precision fp32 or a lower --lr")
-            scaler.step(opt)
-            scaler.step(opt_c)
-            scaler.update()
+        for batch in bar:
+            audio_seconds += torch.maximum(batch[3], batch[4]).sum().item() / iemocap.SAMPLE_RATE  # real audio, no padding
+            step = train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device,
+                              where=f"fold {fold} epoch {epoch}")
             sums += step
             steps += 1
             bar.set_postfix(loss=f"{sums[0] / steps:.3f}")
@@ -382,7 +382,8 @@ def run_fold(cfg, fold, out_dir, utterances, audio_cache=None):
         improved = val is None or val["wa"] > es["best_wa"]  # without validation (Sec. 3.3) the last epoch is kept
         if improved:
             es.update(best_wa=val["wa"] if val else 0.0, best_epoch=epoch, bad_epochs=0)
-            atomic_save({**model.state_dict(), **{f"center_loss.{k}": v for k, v in center_loss.state_dict().items()}}, best_path)
+            best = {**model.state_dict(), **{f"center_loss.{k}": v for k, v in center_loss.state_dict().items()}}
+            atomic_write(best_path, lambda tmp: save_file({k: v.contiguous() for k, v in best.items()}, tmp))
         else:
             es["bad_epochs"] += 1
         sums = (sums / steps).tolist()
@@ -390,9 +391,10 @@ def run_fold(cfg, fold, out_dir, utterances, audio_cache=None):
                    val_wa=val and val["wa"], val_ua=val and val["ua"], seconds=seconds, audio_per_s=audio_seconds / seconds)
         es["history"].append(row)
         es["epoch"] = epoch
-        atomic_save(dict(model=model.state_dict(), center=center_loss.state_dict(), opt=opt.state_dict(),
-                         opt_c=opt_c.state_dict(), sched=sched.state_dict(), sched_c=sched_c.state_dict(),
-                         scaler=scaler.state_dict(), es=es), state_path)
+        state = dict(model=model.state_dict(), center=center_loss.state_dict(), opt=opt.state_dict(),
+                     opt_c=opt_c.state_dict(), sched=sched.state_dict(), sched_c=sched_c.state_dict(),
+                     scaler=scaler.state_dict(), es=es)
+        atomic_write(state_path, partial(torch.save, state))
         print(f"fold {fold} epoch {epoch:3d}  loss {row['loss']:.4f} (L_r {row['l_r']:.4f}, L_c {row['l_c']:.2f})  "
               + (f"val WA {val['wa']:.4f} UA {val['ua']:.4f}  " if val else "")
               + f"lr {lr:.2e}  {seconds:.0f} s  {row['audio_per_s']:.0f} audio-s/s" + ("  *" if improved and val else ""),
@@ -437,10 +439,10 @@ def load_corpus(cfg):
         raise UserError(f"{root} differs from the published IEMOCAP ({'; '.join(problems[:3])}); "
                         f"`python iemocap.py {root}` lists every difference, --allow-incomplete trains on it anyway")
     if problems:
-        missing = [u for u in utterances if not Path(u.wav).exists()]
+        present = [u for u in utterances if os.path.isfile(u.wav)]
         print(f"warning: {root} differs from the published IEMOCAP; training on it anyway "
-              f"({len(missing)} utterances without a wav left out)", file=sys.stderr)
-        utterances = [u for u in utterances if u not in missing]
+              f"({len(utterances) - len(present)} utterances without a wav left out)", file=sys.stderr)
+        utterances = present
     return utterances
 
 
@@ -455,7 +457,19 @@ def environment(cfg):
     return dict(git_commit=git("rev-parse", "HEAD"), git_dirty=bool(git("status", "--porcelain", "--untracked-files=no")),
                 python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
                 sklearn=sklearn.__version__, numpy=np.__version__,
-                device_name=torch.cuda.get_device_name(cfg.device) if cfg.device.startswith("cuda") else platform.processor() or "cpu")
+                device_name=device_name(torch.device(cfg.device)))
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpu = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        cpu = cpu.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu} ({os.cpu_count()} cores)"
 
 
 def summarise(cfg, results, out):

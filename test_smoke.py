@@ -77,9 +77,10 @@ def linked_copy(replica, tmp_path):
     return Path(shutil.copytree(replica, tmp_path / "copy", copy_function=os.link))
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(HERE / "iemocap.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+def cli(script, *args, timeout=600):
+    """Run a script of the suite as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(HERE / script), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
 
 
 # ---- Reading ----
@@ -179,7 +180,7 @@ def test_check_reports_a_missing_session(replica, written, tmp_path):
 
 
 def test_cli_exits_2_with_one_line_and_no_traceback_on_a_wrong_root(tmp_path):
-    result = run_cli(tmp_path / "nowhere")
+    result = cli("iemocap.py", tmp_path / "nowhere", timeout=120)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"error: {tmp_path / 'nowhere'} is not a folder; "
                                           "pass the path of IEMOCAP_full_release/"]
@@ -193,7 +194,7 @@ def test_cli_exits_2_with_one_line_on_an_empty_root(tmp_path, capsys):
 
 
 def test_cli_exits_1_and_lists_differences_on_the_replica(replica):
-    result = run_cli(replica)
+    result = cli("iemocap.py", replica, timeout=120)
     assert result.returncode == 1
     assert "Ses05M" in result.stdout and "hours of audio" in result.stdout
     assert "total: 400 utterances, expected 5531" in result.stdout
@@ -586,12 +587,6 @@ def test_load_hubert_on_folder_without_checkpoint_raises_how_to_message(offline,
 
 # ==== reproduce.py and ablate.py through their command lines ====
 
-def cli(script, *args, env=None, **kw):
-    """Run a script of the suite as a user would; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, str(HERE / script), *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600, **kw)
-
-
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("small") / "corpus"
@@ -798,8 +793,7 @@ def test_flop_count_of_one_more_layer_is_six_per_matmul_weight_per_frame_plus_at
 
 
 def test_bench_quick_runs_and_its_last_line_is_the_speedup(tmp_path):
-    done = subprocess.run([sys.executable, str(HERE / "bench.py"), "--quick", "--corpus", str(tmp_path / "replica")],
-                          capture_output=True, text=True, timeout=300)
+    done = cli("bench.py", "--quick", "--corpus", tmp_path / "replica", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     assert re.fullmatch(r"speedup fast/authors: \d+\.\d\dx on .+", lines[-1]), lines[-1]
