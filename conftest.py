@@ -1,0 +1,67 @@
+"""Shared fixtures of the tests: the synthetic replica, a small corpus, and running a script as a user would.
+
+The tests run on a CPU without downloads, against a tiny random HuBERT and the synthetic replica:
+`python -m pytest -q`."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import iemocap
+from iemocap import CLASSES, make_synthetic_iemocap, read_iemocap
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def replica(tmp_path_factory):
+    return make_synthetic_iemocap(tmp_path_factory.mktemp("iemocap") / "IEMOCAP_full_release")
+
+
+@pytest.fixture(scope="session")
+def written(replica):
+    """The generator's own record of what it wrote: {id: (code, speaker, samples)}."""
+    lines = (replica / "synthetic_manifest.tsv").read_text().splitlines()[1:]
+    return {uid: (code, speaker, int(n)) for uid, code, speaker, n in
+            (line.split("\t") for line in lines)}
+
+
+@pytest.fixture(scope="session")
+def utterances(replica):
+    return read_iemocap(replica)
+
+
+def four_class(written):
+    """{id: (label, speaker)} of the written utterances the paper keeps, exc counted as hap."""
+    label = {"exc": "hap", "hap": "hap", "ang": "ang", "sad": "sad", "neu": "neu"}
+    return {uid: (label[code], speaker) for uid, (code, speaker, _) in written.items()
+            if code in label}
+
+
+def expected_counts(written):
+    kept = four_class(written)
+    return {"total": len(kept),
+            "sessions": {s: sum(uid[4] == str(s) for uid in kept) for s in range(1, 6)},
+            "classes": {c: sum(label == c for label, _ in kept.values()) for c in CLASSES}}
+
+
+def linked_copy(replica, tmp_path):
+    """A copy of the replica made of hard links: cheap, and safe to delete files from."""
+    return Path(shutil.copytree(replica, tmp_path / "copy", copy_function=os.link))
+
+
+def cli(script, *args, timeout=600):
+    """Run a script of the suite as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(HERE / script), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
+
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small") / "corpus"
+    iemocap.make_synthetic_iemocap(root, utterances_per_speaker=8)
+    return root
