@@ -1,10 +1,10 @@
-"""Training throughput of the suite against the authors' setup, measured side by side (issue 7).
+"""Training throughput of the suite against the authors' setup, measured side by side.
 
     python bench.py                    # GPU: HuBERT-Large (random init), batch 16; CPU: a reduced width, ~1 minute
     python bench.py --corpus DIR       # the data pipeline reads (or first writes) its synthetic replica in DIR
 
-Every variant trains on the same random batches with reproduce.train_step, the body of
-reproduce.py's loop: Eq. 1 and Eq. 3 on the device, forward, Eq. 4 + lambda * Eq. 5,
+Every variant trains on the same random batches with train.train_step, the body of
+the training loop: Eq. 1 and Eq. 3 on the device, forward, Eq. 4 + lambda * Eq. 5,
 backward, both Adam steps.
   authors  the authors' script: every item padded to 100,000 samples with its mean, no
            attention mask, all layers computed and layer k taken from hidden_states (before
@@ -30,15 +30,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
-from transformers import HubertModel
+from transformers import AutoModel
 
 import iemocap
-import reproduce
+import train
 from losses import CenterLoss
-from model import SERModel, tiny_hubert_config
+from model import SERModel, tiny_config
 
 SR = iemocap.SAMPLE_RATE
-# HuBERT-Large (Sec. 2.2); tiny_hubert_config already has Large's front end and norms.
+# HuBERT-Large (Sec. 2.2); tiny_config() already has Large's front end and norms.
 LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
              conv_dim=(512,) * 7, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
 # A quarter of Large's width and half its depth, keeping its mix of work: the transformer does
@@ -65,16 +65,16 @@ class AuthorsModel(nn.Module):
     hidden_states (before the final LayerNorm), first frame, f0/f1, dropout 0.4 on the
     attention output of the first k layers."""
 
-    def __init__(self, hubert, layers, dropout=0.4, num_classes=4):
+    def __init__(self, backbone, layers, dropout=0.4, num_classes=4):
         super().__init__()
-        self.hubert, self.k = hubert, layers
-        for layer in hubert.encoder.layers[:layers]:
+        self.backbone, self.k = backbone, layers
+        for layer in backbone.encoder.layers[:layers]:
             layer.dropout.p = dropout
-        self.f0 = nn.Linear(hubert.config.hidden_size, 64)
+        self.f0 = nn.Linear(backbone.config.hidden_size, 64)
         self.f1 = nn.Linear(64, num_classes)
 
     def forward(self, waveforms, attention_mask=None):
-        F_e = self.hubert(waveforms, output_hidden_states=True).hidden_states[self.k]  # (B, T, 1024); mask ignored, as theirs
+        F_e = self.backbone(waveforms, output_hidden_states=True).hidden_states[self.k]  # (B, T, 1024); mask ignored, as theirs
         z = self.f0(F_e[:, 0])
         return z, self.f1(z)
 
@@ -100,7 +100,7 @@ def train_flops(config, layers, length):
 
 
 def draw_items(n, max_len, seed=0):
-    """n training items (x_i, l_i, y_i, x_j, l_j, y_j) as reproduce.TrainPairs serves them:
+    """n training items (x_i, l_i, y_i, x_j, l_j, y_j) as train.TrainPairs serves them:
     IEMOCAP-like lengths cropped at max_len, and with p 0.5 a random partner, so the model
     sees the longer of the two (Eq. 1). Noise stands in for speech: the cost is the same."""
     rng = np.random.default_rng(seed)
@@ -115,7 +115,7 @@ def draw_items(n, max_len, seed=0):
 
 
 def bucketed(batches, seed=0):
-    """The same items regrouped as reproduce.TrainPairs.batches does for --padding dynamic:
+    """The same items regrouped as train.TrainPairs.batches does for --padding dynamic:
     sorted by the length the model sees within windows of 50 batches, cut, shuffled."""
     size, items = len(batches[0]), [item for batch in batches for item in batch]
     window, out = 50 * size, []
@@ -127,12 +127,12 @@ def bucketed(batches, seed=0):
 
 
 def build(name, width, layers, device):
-    """The variant's model; `width` overrides tiny_hubert_config (LARGE, REDUCED or {})."""
+    """The variant's model; `width` overrides tiny_config() (LARGE, REDUCED or {})."""
     torch.manual_seed(0)  # the same HuBERT weights in every variant
     if name == "authors":
-        model = AuthorsModel(HubertModel(tiny_hubert_config(**width, attn_implementation="eager")), layers)
+        model = AuthorsModel(AutoModel.from_config(tiny_config(**width), attn_implementation="eager"), layers)
     else:
-        model = SERModel(HubertModel(tiny_hubert_config(**width, attn_implementation="sdpa")), layers=layers)
+        model = SERModel(AutoModel.from_config(tiny_config(**width), attn_implementation="sdpa"), layers=layers)
     return model.to(device).train()
 
 
@@ -167,16 +167,17 @@ def measure(name, cfg, warm, timed, width, args, device):
     if name == "fast+compile":
         # Only the transformer layers (~85% of Large's FLOPs): the whole model breaks its graph in
         # the conv front end and recompiles for every new batch length; these layers do not.
-        for layer in model.hubert.encoder.layers:
+        for layer in model.backbone.encoder.layers:
             layer.compile(dynamic=True)
     center_loss = CenterLoss(len(iemocap.CLASSES), 64).to(device)
     adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     if name != "authors":
-        adam["fused"] = device.type == "cuda"  # as reproduce.run_fold
+        adam["fused"] = device.type == "cuda"  # as train.run_job
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam)
     opt_c = torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # no variant runs fp16
-    step = partial(reproduce.train_step, model, center_loss, opt, opt_c, scaler, cfg=cfg, device=device, where=name)
+    step = partial(train.train_step, model, center_loss, opt, opt_c, scaler, cfg=cfg, device=device,
+                   num_classes=len(iemocap.CLASSES), where=name)
 
     torch.manual_seed(1)  # dropout
     for batch in warm:
@@ -189,7 +190,7 @@ def measure(name, cfg, warm, timed, width, args, device):
         step(batch)
     sync()
     seconds = time.perf_counter() - t0
-    config = model.hubert.config  # the authors' model keeps every layer, SERModel only k
+    config = model.backbone.config  # the authors' model keeps every layer, SERModel only k
     flops = sum(train_flops(config, config.num_hidden_layers, b[0].shape[1]) * len(b[0]) for b in timed)
     utterances = sum(len(b[0]) for b in timed)
     audio = sum(torch.maximum(b[3], b[4]).sum().item() for b in timed) / SR  # the mix's length (Eq. 1), as reproduce.py counts
@@ -197,16 +198,17 @@ def measure(name, cfg, warm, timed, width, args, device):
                 memory=peak_memory(device, start), tflops=flops / seconds / 1e12)
 
 
-def pipeline_throughput(train, cfg, batches, workers, cache):
+def pipeline_throughput(train_set, cfg, batches, workers, cache):
     """Utterances/s of reproduce.py's training input: read the audio (cache False: decode
     every wav every time, as the authors' script; True: decoded once up front, as
-    reproduce.py), peak-normalise, crop, augment (authors' chain), pair for mixup, collate."""
-    data = iemocap.UtteranceDataset(train, max_len=cfg.max_len, augment="authors", cache=cache)
-    pairs = reproduce.TrainPairs(train, data, cfg, fold=5)
+    reproduce.py), crop, peak-normalise, augment (authors' chain), pair for mixup, collate."""
+    data = iemocap.UtteranceDataset(train_set, max_len=cfg.max_len, augment="authors",
+                                    cache=iemocap.decode(train_set) if cache else None)
+    pairs = train.TrainPairs(train_set, data, cfg, key=(cfg.seed, 5))
     sampler = pairs.batches(cfg.batch_size, bucketed=cfg.padding == "dynamic")[:batches]
     t0 = time.perf_counter()  # worker start-up included: reproduce.py starts them every epoch
     count = sum(len(b[0]) for b in DataLoader(pairs, batch_sampler=sampler, num_workers=workers,
-                                              collate_fn=partial(reproduce.collate_train, cfg=cfg)))
+                                              collate_fn=partial(train.collate_train, cfg=cfg)))
     return count / (time.perf_counter() - t0)
 
 
@@ -226,10 +228,10 @@ def main(argv=None):
     settings = SETTINGS["quick" if args.quick else device.type]
     for key in ("batch_size", "steps", "warmup", "layers", "workers"):
         setattr(args, key, settings[key] if getattr(args, key) is None else getattr(args, key))
-    config = tiny_hubert_config(**settings["model"])
+    config = tiny_config(**settings["model"])
 
-    default = reproduce.Config(device=args.device, batch_size=args.batch_size)
-    reproduce.resolve_device(default)
+    default = train.Config(device=args.device, batch_size=args.batch_size)
+    train.resolve_device(default)
     # fast: --padding dynamic with bf16 autocast wherever the device computes in bf16 (a GPU with
     # bf16; a CPU with AVX512-BF16 or AMX). On such a CPU the fp32 dynamic row shows each part's share.
     fast_precision = "bf16" if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported() else default.precision
@@ -239,7 +241,7 @@ def main(argv=None):
     variants["fast"] = dataclasses.replace(default, padding="dynamic", precision=fast_precision)
     if args.compile:
         variants["fast+compile"] = variants["fast"]
-    name = reproduce.device_name(device)
+    name = train.device_name(device)
     print(f"device: {name} | HuBERT (random init): hidden {config.hidden_size}, {config.num_hidden_layers} layers "
           f"(layer {args.layers} taken), {config.num_attention_heads} heads, feed-forward {config.intermediate_size}, "
           f"conv {config.conv_dim[0]} x 7" + ("" if settings["model"] is LARGE else " (reduced from Large's 1024/24/16/4096/512)"))
@@ -249,8 +251,8 @@ def main(argv=None):
         print(f"writing a synthetic replica ({settings['per_speaker']} utterances per speaker) to {root}", flush=True)
         iemocap.make_synthetic_iemocap(root, utterances_per_speaker=settings["per_speaker"], **iemocap.IEMOCAP_LENGTHS)
     utterances = iemocap.read_iemocap(root)
-    train = iemocap.split_fold(utterances, 5)["train"]
-    pipeline = {cache: pipeline_throughput(train, variants["fast"], settings["pipeline_batches"], args.workers, cache)
+    train_set = iemocap.split_fold(utterances, 5)["train"]
+    pipeline = {cache: pipeline_throughput(train_set, variants["fast"], settings["pipeline_batches"], args.workers, cache)
                 for cache in (False, True)}
 
     items = draw_items((args.warmup + args.steps) * args.batch_size, default.max_len)
@@ -264,7 +266,7 @@ def main(argv=None):
 
     results = {}
     for variant, cfg in variants.items():
-        collated = [reproduce.collate_train(b, cfg) for b in batches[cfg.padding]]
+        collated = [train.collate_train(b, cfg) for b in batches[cfg.padding]]
         if device.type == "cuda":  # reproduce.py's DataLoader pins its batches
             collated = [tuple(None if t is None else t.pin_memory() for t in b) for b in collated]
         results[variant] = measure(variant, cfg, collated[:args.warmup], collated[args.warmup:], settings["model"], args, device)
@@ -273,7 +275,7 @@ def main(argv=None):
     fast, authors = results["fast"], results["authors"]
     feed = pipeline[True] / fast["utt"]
     print(f"data pipeline, {args.workers} workers, fold 5 of {root} ({len(utterances)} utterances, IEMOCAP {iemocap.PUBLISHED['total']}; "
-          f"{len(train)} to train on): crop + augment "
+          f"{len(train_set)} to train on): crop + augment "
           f"+ mixup pairs + collate {pipeline[True]:.1f} utt/s from decoded audio (reproduce.py), "
           f"{pipeline[False]:.1f} utt/s decoding every wav (the authors); reproduce.py's feeds {feed:.2f}x what suite "
           f"fast consumes (target >= 2 on a GPU): {'enough' if feed >= 2 else 'NOT enough'}")

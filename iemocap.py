@@ -60,10 +60,6 @@ class Utterance:
     improvised: bool
 
     @property
-    def label_id(self) -> int:
-        return CLASSES.index(self.label)
-
-    @property
     def duration(self) -> float:
         return self.end - self.start
 
@@ -142,25 +138,29 @@ def check_iemocap(root, utterances, expected=PUBLISHED) -> list[str]:
 # ---- Leave-one-session-out folds (Sec. 3.1) ----
 
 def split_fold(utterances, fold, seed=0, val_fraction=0.1) -> dict:
-    """Fold k tests on session k (both its speakers) and trains on the other four (Sec. 3.1).
-
-    The validation set is `val_fraction` of the training sessions (10%, Sec. 3.4). The
-    authors drew it at random and never published it; we stratify it by class, so that it
-    has the class balance of the training set, and seed it, so that a run can be repeated.
-    """
+    """Fold k tests on session k (both its speakers) and trains on the other four (Sec. 3.1),
+    10% of them held out for validation (Sec. 3.4, `hold_out`)."""
     if fold not in SESSIONS:
         raise ValueError(f"fold must be one of {SESSIONS}, not {fold}")
     test = [u for u in utterances if u.session == fold]
     pool = [u for u in utterances if u.session != fold]
     if not test or not pool:
         raise IemocapError(f"fold {fold} needs session {fold} and at least one other session")
-    if val_fraction == 0:
-        train, val = pool, []
-    else:
-        train, val = train_test_split(pool, test_size=val_fraction, random_state=seed,
-                                      stratify=[u.label for u in pool])
+    train, val = hold_out(pool, val_fraction, seed)
     return {name: sorted(part, key=lambda u: u.id)
             for name, part in (("train", train), ("val", val), ("test", test))}
+
+
+def hold_out(pool, val_fraction, seed):
+    """(train, val): `val_fraction` of the pool held out for early stopping.
+
+    The authors drew it at random and never published it; we stratify it by class, so that it
+    has the class balance of the training set, and seed it, so that a run can be repeated.
+    The pool is taken in id order, so the draw does not depend on how the corpus was listed."""
+    pool = sorted(pool, key=lambda u: u.id)
+    if val_fraction == 0:
+        return pool, []
+    return train_test_split(pool, test_size=val_fraction, random_state=seed, stratify=[u.label for u in pool])
 
 
 def write_split(split, folder):
@@ -177,14 +177,17 @@ def read_split(folder) -> dict:
             for name in ("train", "val", "test")}
 
 
-# ---- Audio (REFERENCE.md "Data") ----
+# ---- Audio (BACKGROUND.md, "The authors' script": data) ----
 
 def load_audio(path) -> np.ndarray:
-    """A wav as float32 mono at 16 kHz, whatever rate, channels or sample format it holds."""
+    """An audio file (wav, flac, ogg, ...) as float32 mono at 16 kHz, whatever rate, channels
+    or sample format it holds. A file holding NaN or infinite samples is refused, by name."""
     try:
         samples, rate = sf.read(path, dtype="float32", always_2d=True)  # (L, channels)
     except (sf.LibsndfileError, OSError, RuntimeError) as err:
         raise IemocapError(f"cannot read {path}: {err}") from None
+    if not np.isfinite(samples).all():
+        raise IemocapError(f"{path} holds NaN or infinite samples: a broken file, replace or remove it")
     samples = samples.mean(axis=1)
     if rate != SAMPLE_RATE:
         samples = soxr.resample(samples, rate, SAMPLE_RATE)
@@ -200,6 +203,22 @@ def peak_normalise(x) -> np.ndarray:
 def crop(x, max_len=100_000):
     """The first `max_len` samples (100,000 = 6.25 s in the paper)."""
     return x[:max_len]
+
+
+def decode(utterances, cache=None) -> dict:
+    """id -> the utterance's whole waveform as int16, scaled to its peak (a 4-class IEMOCAP
+    takes ~0.8 GB). Every wav of a run is read once, here, before training starts, so a broken
+    file stops the run before anything is written, and forked DataLoader workers share the
+    result. The scale is undone by the peak normalisation after the crop; the rounding costs
+    at most 1/32767 of the peak. An all-silent utterance is named in a warning."""
+    cache = {} if cache is None else cache
+    todo = [u for u in utterances if u.id not in cache]
+    for u in tqdm(todo, desc="decoding audio", leave=False, disable=True if len(todo) < 500 else None):
+        x = load_audio(u.wav)
+        if not np.abs(x).max(initial=0.0) > 0:
+            warnings.warn(f"{u.id} ({u.wav}) is silent: every sample is 0")
+        cache[u.id] = np.round(peak_normalise(x) * 32767).astype(np.int16)
+    return cache
 
 
 def make_augmentation(name):
@@ -244,32 +263,20 @@ def _seeded_global_rngs(*key):
 
 
 class UtteranceDataset(torch.utils.data.Dataset):
-    """(waveform, length, label) per utterance: peak-normalised, cropped, padded to at
-    least 400 samples, then augmented with draws seeded by (seed, epoch, index), so an
-    item is the same whichever DataLoader worker makes it."""
+    """(waveform, length, label id) per utterance, in the authors' order: cropped to its first
+    max_len samples, then divided by the peak of that crop (so an utterance whose loudest
+    moment lies after the cut still reaches |x| = 1), padded to at least 400 samples, then
+    augmented with draws seeded by (seed, epoch, index), so an item is the same whichever
+    DataLoader worker makes it. `cache` is `decode`'s dict, or None to read each wav anew."""
 
-    def __init__(self, utterances, max_len=100_000, augment="none", cache=True, seed=0):
+    def __init__(self, utterances, classes=CLASSES, max_len=100_000, augment="none", cache=None, seed=0):
         self.utterances = list(utterances)
+        self.label_ids = [classes.index(u.label) for u in self.utterances]
         self.max_len = max_len
         self.augmentation = make_augmentation(augment)
+        self.cache = cache
         self.seed = seed
         self.epoch = 0
-        # cache: False, True (this dataset's own), or a dict shared by several datasets
-        # (every fold of a run), id -> peak-normalised int16 audio (the 4-class set: ~0.8 GB).
-        # Filled here, up front, so forked DataLoader workers share it; a lazily filled
-        # one would be refilled by every worker of every epoch.
-        self.cache = None
-        if cache is not False and cache is not None:
-            self.cache = {} if cache is True else cache
-            todo = [u for u in self.utterances if u.id not in self.cache]
-            for u in tqdm(todo, desc="decoding audio", leave=False, disable=True if len(todo) < 500 else None):
-                self.cache[u.id] = np.round(peak_normalise(load_audio(u.wav)) * 32767).astype(np.int16)
-
-    def _waveform(self, i):
-        u = self.utterances[i]
-        if self.cache is not None:
-            return self.cache[u.id].astype(np.float32) / 32767
-        return peak_normalise(load_audio(u.wav))
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -279,7 +286,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         u = self.utterances[i]
-        x = crop(self._waveform(i), self.max_len)
+        x = self.cache[u.id].astype(np.float32) / 32767 if self.cache is not None else load_audio(u.wav)
+        x = peak_normalise(crop(x, self.max_len))
         if len(x) < MIN_SAMPLES:
             warnings.warn(f"{u.id} has {len(x)} samples; zero-padded to {MIN_SAMPLES}, "
                           "HuBERT's receptive field")
@@ -288,7 +296,7 @@ class UtteranceDataset(torch.utils.data.Dataset):
             with _seeded_global_rngs(self.seed, self.epoch, i):
                 x = self.augmentation(samples=x, sample_rate=SAMPLE_RATE)
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return torch.from_numpy(x), len(x), u.label_id
+        return torch.from_numpy(x), len(x), self.label_ids[i]
 
 
 # ---- Synthetic replica (IEMOCAP.md, followed to the letter) ----

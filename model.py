@@ -1,20 +1,27 @@
-"""The SER model of Fig. 1: HuBERT-Large cut to its first k self-attention
-modules, attention-output dropout, pooling, and the projection module f0/f1.
+"""The SER model of Fig. 1 (Sec. 2.2 and 3.3): a self-supervised speech encoder
+cut to its first k self-attention modules, attention-output dropout, pooling,
+and the projection module f0/f1.
 
-Sec. 2.2 and 3.3 of the paper; REFERENCE.md for what the authors' script ran.
+The paper's encoder is HuBERT-Large. Its relatives in transformers, wav2vec 2.0
+(named beside HuBERT in Sec. 1), WavLM and data2vec-audio, have the same layout:
+a conv front end, then `encoder.layers` of self-attention, dropout and
+feed-forward. So any of the four can be the backbone.
 """
 import os
 
 import huggingface_hub
 import torch
 import torch.nn as nn
-from transformers import HubertConfig, HubertModel
+from transformers import MODEL_MAPPING, AutoConfig, AutoModel
 
-DEFAULT_HUBERT = "facebook/hubert-large-ll60k"  # HuBERT-Large, Libri-Light 60k h (Sec. 2.2)
+DEFAULT_BACKBONE = "facebook/hubert-large-ll60k"  # HuBERT-Large, Libri-Light 60k h (Sec. 2.2)
+# transformers `model_type` of the backbones SERModel can cut: the wav2vec 2.0 family.
+FAMILIES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+# Names usable instead of a checkpoint (--demo, tests, bench): a tiny random-init model of the family.
+TINY = {"tiny": "hubert", "tiny-wav2vec2": "wav2vec2", "tiny-wavlm": "wavlm", "tiny-data2vec-audio": "data2vec-audio"}
 
-# The checkpoint's hub config turns on layer drop (0.1) and time masking, and
-# HubertConfig defaults its dropouts to 0.1; the authors' model had none of
-# them (REFERENCE.md).
+# Checkpoints' hub configs turn on layer drop (0.1) and time masking, and the
+# configs default their dropouts to 0.1; the authors' script trained with none of them.
 # apply_spec_augment=False switches masking off while keeping the checkpoint's
 # masked_spec_embed weight, so loading reports no unexpected keys.
 NO_REGULARISATION = dict(
@@ -28,8 +35,8 @@ NO_REGULARISATION = dict(
 )
 
 
-class HubertLoadError(Exception):
-    """HuBERT weights could not be loaded; the message says how to get them."""
+class BackboneError(Exception):
+    """The backbone cannot be loaded, or is not of the wav2vec 2.0 family; the message is one line."""
 
 
 def _hub_reachable(timeout=5.0):
@@ -43,40 +50,56 @@ def _hub_reachable(timeout=5.0):
         return False
 
 
-def load_hubert(name_or_path=DEFAULT_HUBERT, attn_implementation="sdpa"):
-    """A pretrained HubertModel from a hub id or a local folder, with every
-    dropout, layer drop and time mask off (the authors' setting).
+def _first_line(err):
+    return (str(err).splitlines() or [type(err).__name__])[0]
 
-    The Hugging Face cache or the folder is tried first (no network), then the
-    hub. attn_implementation ("sdpa", "eager", ...) is passed to transformers.
-    """
-    kwargs = dict(NO_REGULARISATION, attn_implementation=attn_implementation)
+
+def _fetch(load, name_or_path):
+    """load(local_files_only=True): the folder or the Hugging Face cache; else, when the
+    hub answers, load(local_files_only=False). BackboneError saying how to get the weights."""
     try:
-        return HubertModel.from_pretrained(name_or_path, local_files_only=True, **kwargs)
-    except OSError as err:
-        reason = str(err).splitlines()[0]
+        return load(local_files_only=True)
+    except (OSError, ValueError) as err:  # ValueError: a config.json transformers does not recognise
+        reason = _first_line(err)
     if os.path.exists(name_or_path):
-        where = f"'{name_or_path}' exists but holds no loadable HuBERT checkpoint ({reason})"
+        where = f"'{name_or_path}' exists but holds no loadable checkpoint ({reason})"
     elif not _hub_reachable():
         where = f"'{name_or_path}' is neither a local folder nor cached, and the hub is not reachable"
     else:
         try:
-            return HubertModel.from_pretrained(name_or_path, **kwargs)
-        except OSError as err:
-            where = f"'{name_or_path}' could not be downloaded ({str(err).splitlines()[0]})"
-    raise HubertLoadError(
-        f"Cannot load HuBERT: {where}. On a machine with internet run "
-        f"`hf download {DEFAULT_HUBERT} --local-dir hubert-large-ll60k` "
-        f"(`huggingface-cli download {DEFAULT_HUBERT}` on older huggingface_hub), copy the folder here and pass "
+            return load(local_files_only=False)
+        except (OSError, ValueError) as err:
+            where = f"'{name_or_path}' could not be downloaded ({_first_line(err)})"
+    raise BackboneError(
+        f"Cannot load the backbone: {where}. On a machine with internet run "
+        f"`hf download {DEFAULT_BACKBONE} --local-dir hubert-large-ll60k` "
+        f"(`huggingface-cli download {DEFAULT_BACKBONE}` on older huggingface_hub), copy the folder here and pass "
         f"`--hubert hubert-large-ll60k`, or copy the Hugging Face cache and set HF_HOME to it. "
         f"`--demo` runs the whole pipeline without the weights, on a tiny random HuBERT."
     )
 
 
-def tiny_hubert_config(**overrides):
-    """HuBERT-Large's architecture (layer-norm conv front end with the same
-    kernels and strides, pre-LayerNorm "stable" transformer, GELU) at a width
-    that trains in seconds on a CPU. For --demo and the tests, random init."""
+def _check_family(config, name_or_path):
+    if config.model_type not in FAMILIES:
+        raise BackboneError(f"'{name_or_path}' is a {config.model_type!r} model; the backbone must be of the "
+                            f"wav2vec 2.0 family, model_type one of {', '.join(FAMILIES)}")
+
+
+def _attention(config, attn_implementation):
+    # WavLM's attention adds a gated relative position bias through
+    # F.multi_head_attention_forward: transformers has no SDPA version of it.
+    if attn_implementation == "sdpa" and not MODEL_MAPPING[type(config)]._supports_sdpa:
+        return "eager"
+    return attn_implementation
+
+
+def tiny_config(family="hubert", **overrides):
+    """The Large architecture of `family` (layer-norm conv front end with the same
+    kernels and strides, pre-LayerNorm "stable" transformer where the family has one,
+    GELU) at a width that trains in seconds on a CPU. For --demo, the tests and the
+    bench, random init. `overrides` are config fields."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     config = dict(
         hidden_size=64,  # Large: 1024
         num_hidden_layers=4,  # Large: 24
@@ -85,71 +108,122 @@ def tiny_hubert_config(**overrides):
         conv_dim=(32,) * 7,  # Large: 512 each
         conv_kernel=(10, 3, 3, 3, 3, 2, 2),  # as Large: 400-sample receptive field
         conv_stride=(5, 2, 2, 2, 2, 2, 2),  # as Large: 320-sample hop
-        conv_bias=True,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
         feat_extract_activation="gelu",
         hidden_act="gelu",
-        num_conv_pos_embeddings=16,  # Large: 128
         num_conv_pos_embedding_groups=4,  # Large: 16
         **NO_REGULARISATION,
     )
+    if family == "data2vec-audio":
+        # Post-LN only, convs always layer-normed; its positional embedding is a stack of
+        # 5 convolutions of kernel 19 (Large's too), not one wide convolution.
+        config.update(conv_bias=False, num_conv_pos_embeddings=5, conv_pos_kernel_size=19)
+    else:
+        config.update(
+            conv_bias=family != "wavlm",  # as each family's Large checkpoint
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+            num_conv_pos_embeddings=16,  # kernel of the positional convolution; Large: 128
+        )
     config.update(overrides)
-    return HubertConfig(**config)
+    return AutoConfig.for_model(family, **config)
+
+
+def backbone_config(name_or_path=DEFAULT_BACKBONE):
+    """The transformers config of a hub id, a local folder or a TINY name, without its
+    weights (a hub id fetches config.json only). BackboneError when it cannot be had
+    or is not of the wav2vec 2.0 family."""
+    if name_or_path in TINY:
+        return tiny_config(TINY[name_or_path])
+    config = _fetch(lambda **kw: AutoConfig.from_pretrained(name_or_path, **kw), name_or_path)
+    _check_family(config, name_or_path)
+    return config
+
+
+def load_backbone(name_or_path=DEFAULT_BACKBONE, attn_implementation="sdpa"):
+    """The pretrained backbone from a hub id or a local folder, with every dropout,
+    layer drop and time mask off (the authors' setting), in fp32 whatever the
+    checkpoint stores (training keeps fp32 weights under autocast). A TINY name gives
+    a random-init model: seed torch before the call.
+
+    The Hugging Face cache or the folder is tried first (no network), then the hub.
+    attn_implementation ("sdpa", "eager", ...) is passed to transformers; "sdpa"
+    falls back to "eager" for a family without it (WavLM).
+    """
+    config = backbone_config(name_or_path)
+    config.update(NO_REGULARISATION)
+    attn_implementation = _attention(config, attn_implementation)
+    if name_or_path in TINY:
+        return AutoModel.from_config(config, attn_implementation=attn_implementation)
+    return _fetch(lambda **kw: AutoModel.from_pretrained(
+        name_or_path, config=config, attn_implementation=attn_implementation, dtype=torch.float32, **kw), name_or_path)
 
 
 class SERModel(nn.Module):
-    """Fig. 1: emotional feature extractor (HuBERT cut to k layers) and
+    """Fig. 1: emotional feature extractor (the backbone cut to k layers) and
     projection module f0, f1.
 
-    hubert: a HubertModel, cut in place (the model takes ownership of it).
+    backbone: a model of FAMILIES (load_backbone), cut in place (the model takes ownership of it).
     layers: k, 1-based as in the paper (Fig. 2: 22 of 24).
     dropout: attention-output ("projection") dropout of the k layers (Table 1: 0.4).
     pooling: "first" = F_e^0 (Sec. 2.2), "avg" = mean over valid frames (Table 2, row 1).
     normalize_waveform: zero mean / unit variance per utterance inside the model,
         as the checkpoint's feature extractor (do_normalize) would. Off by default:
         the authors only peak-normalise, on the data side.
-    Shape comments use HuBERT-Large's width (1024); the tiny config has 64.
+    Shape comments use Large's width (1024); the tiny configs have 64.
     """
 
-    def __init__(self, hubert, layers=22, dropout=0.4, pooling="first", num_classes=4, normalize_waveform=False):
+    def __init__(self, backbone, layers=22, dropout=0.4, pooling="first", num_classes=4, normalize_waveform=False):
         super().__init__()
-        num_layers = len(hubert.encoder.layers)
+        _check_family(backbone.config, type(backbone).__name__)
+        num_layers = len(backbone.encoder.layers)
         if not 1 <= layers <= num_layers:
             raise ValueError(f"layers must be in 1..{num_layers} (1-based), got {layers}")
         if pooling not in ("first", "avg"):
             raise ValueError(f"pooling must be 'first' or 'avg', got {pooling!r}")
-        self.pooling = pooling
-        self.normalize_waveform = normalize_waveform
+        self.layers, self.dropout, self.pooling = layers, dropout, pooling
+        self.num_classes, self.normalize_waveform = num_classes, normalize_waveform
 
         # Only the first k layers exist, so only k are computed (the authors'
-        # script ran all 24 and discarded two).
-        hubert.encoder.layers = hubert.encoder.layers[:layers]
-        hubert.config.num_hidden_layers = layers
-        # The stable-layer-norm encoder (Large) applies a final LayerNorm after
-        # its last layer; the authors' feature is layer k's output without it.
-        # (The post-LN encoder of Base applies its LayerNorm before the layers.)
-        if hubert.config.do_stable_layer_norm:
-            hubert.encoder.layer_norm = nn.Identity()
+        # script ran all 24 and discarded two). WavLM's first layer also holds the
+        # relative position bias the others reuse: k >= 1 keeps it.
+        backbone.encoder.layers = backbone.encoder.layers[:layers]
+        backbone.config.num_hidden_layers = layers
+        # The pre-LN ("stable layer norm") encoder of HuBERT, wav2vec 2.0 and WavLM
+        # Large applies a final LayerNorm after its last layer; the authors' feature
+        # is layer k's output without it. The post-LN encoder (data2vec-audio, Base
+        # configs) applies its LayerNorm before the layers and each layer ends with
+        # its own final_layer_norm, so there the cut encoder's output already is layer
+        # k's output, the uncut model's hidden_states[k], and nothing is removed.
+        if type(backbone.encoder).__name__.endswith("EncoderStableLayerNorm"):
+            backbone.encoder.layer_norm = nn.Identity()
 
-        hubert.config.update(NO_REGULARISATION)  # layer drop and masking are read from the config at run time
-        for module in hubert.modules():
+        backbone.config.update(NO_REGULARISATION)  # layer drop and masking are read from the config at run time
+        for module in backbone.modules():
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
-        for layer in hubert.encoder.layers:
-            layer.attention.dropout = 0.0  # dropout on the attention probabilities (a float, not a module)
+        for layer in backbone.encoder.layers:
+            # Dropout on the attention probabilities: a float in every family (WavLM
+            # passes it to F.multi_head_attention_forward), not a module.
+            layer.attention.dropout = 0.0
             # The paper's "projection dropout" (Sec. 3.3, Table 1) sits between
             # multi-head self-attention and the feed-forward module: this
-            # module. config.hidden_dropout would also set the feed-forward
-            # output dropout and the one after the positional convolution,
-            # which the authors kept at 0.
+            # module, in pre-LN and post-LN layers of every family alike.
+            # config.hidden_dropout would also set the feed-forward output
+            # dropout and the one after the positional convolution, which the
+            # authors kept at 0.
             layer.dropout.p = dropout
-        self.hubert = hubert
+        self.backbone = backbone
 
-        hidden = hubert.config.hidden_size
+        hidden = backbone.config.hidden_size
         self.f0 = nn.Linear(hidden, 64)  # z: the feature the center loss sees (Eq. 5)
         self.f1 = nn.Linear(64, num_classes)  # logits for the softmax of Eq. 4
         self.train()  # from_pretrained returns eval mode; start like any new module
+
+    def spec(self):
+        """JSON-serialisable description from which model_from_spec rebuilds this
+        architecture without the hub or the checkpoint (config of the cut backbone)."""
+        return dict(backbone_config=self.backbone.config.to_dict(), layers=self.layers, dropout=self.dropout,
+                    pooling=self.pooling, num_classes=self.num_classes, normalize_waveform=self.normalize_waveform)
 
     def frame_mask(self, num_frames, attention_mask):
         """(B, T) bool, True on frames computed from valid samples only; None without a mask."""
@@ -157,18 +231,18 @@ class SERModel(nn.Module):
             return None
         # The same conv length formula the encoder uses for its own mask;
         # clamped because fewer than 400 valid samples give no valid frame.
-        lengths = self.hubert._get_feat_extract_output_lengths(attention_mask.sum(-1)).clamp(min=0)  # (B,)
+        lengths = self.backbone._get_feat_extract_output_lengths(attention_mask.sum(-1)).clamp(min=0)  # (B,)
         return torch.arange(num_frames, device=attention_mask.device) < lengths[:, None]  # (B, T)
 
     def features(self, waveforms, attention_mask=None):
-        """F_e: (B, T, hidden) output of layer k, before the encoder's final LayerNorm."""
+        """F_e: (B, T, hidden) output of layer k, before a pre-LN encoder's final LayerNorm."""
         if self.normalize_waveform:
             valid = torch.ones_like(waveforms) if attention_mask is None else attention_mask.to(waveforms.dtype)
             n = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
             mean = (waveforms * valid).sum(-1, keepdim=True) / n
             var = ((waveforms - mean) ** 2 * valid).sum(-1, keepdim=True) / n
             waveforms = (waveforms - mean) / torch.sqrt(var + 1e-7) * valid  # padding stays 0
-        return self.hubert(waveforms, attention_mask=attention_mask).last_hidden_state  # (B, T, 1024)
+        return self.backbone(waveforms, attention_mask=attention_mask).last_hidden_state  # (B, T, 1024)
 
     def forward(self, waveforms, attention_mask=None):
         """waveforms (B, L) float, attention_mask (B, L) 1 on samples, 0 on padding -> (z, logits)."""
@@ -183,5 +257,16 @@ class SERModel(nn.Module):
                 mask = mask.unsqueeze(-1).to(F_e.dtype)  # (B, T, 1)
                 pooled = (F_e * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, 1024)
         z = self.f0(pooled)  # (B, 64)
-        logits = self.f1(z)  # (B, num_classes); no activation between f0 and f1 (REFERENCE.md)
+        logits = self.f1(z)  # (B, num_classes); no activation between f0 and f1, as the authors' script
         return z, logits
+
+
+def model_from_spec(spec, attn_implementation="sdpa"):
+    """A random-init SERModel of the architecture SERModel.spec() described: its
+    state_dict has the same keys, so saved weights load with strict=True."""
+    config = dict(spec["backbone_config"])
+    config = AutoConfig.for_model(config.pop("model_type"), **config)
+    _check_family(config, "the spec's backbone_config")
+    backbone = AutoModel.from_config(config, attn_implementation=_attention(config, attn_implementation))
+    return SERModel(backbone, layers=spec["layers"], dropout=spec["dropout"], pooling=spec["pooling"],
+                    num_classes=spec["num_classes"], normalize_waveform=spec["normalize_waveform"])

@@ -1,5 +1,6 @@
-"""losses.py and model.py: Eq. 1-6 against hand-computed numbers, and the cut HuBERT."""
+"""losses.py and model.py: Eq. 1-6 against hand-computed numbers, and the cut backbone of each family."""
 import copy
+import json
 import math
 import time
 
@@ -8,18 +9,26 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import HubertModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, BertConfig, BertModel
 
 from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, mixup_targets, recognition_loss
-from model import HubertLoadError, SERModel, load_hubert, tiny_hubert_config
+from model import (FAMILIES, TINY, BackboneError, SERModel, backbone_config, load_backbone, model_from_spec,
+                   tiny_config)
 
 ANG, HAP, SAD, NEU = torch.eye(4)
+PRE_LN = ("hubert", "wav2vec2", "wavlm")  # families with a pre-LN ("stable layer norm") encoder
+# (family, overrides) of every encoder layout: pre-LN where the family has it, post-LN in each
+POST_LN = [(family, dict(do_stable_layer_norm=False)) for family in PRE_LN] + [("data2vec-audio", {})]
+# the checkpoints' regularisation, all of it on: SERModel and load_backbone must switch it off
+REGULARISED = dict(hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, feat_proj_dropout=0.1,
+                   layerdrop=0.1, apply_spec_augment=True, mask_time_prob=0.05)
 
 
-
-def tiny_hubert(seed=0, **overrides):
+def tiny_backbone(family="hubert", seed=0, **overrides):
+    """A random-init tiny backbone of the family (tiny_config), the same for the same seed."""
     torch.manual_seed(seed)
-    return HubertModel(tiny_hubert_config(**overrides))
+    return AutoModel.from_config(tiny_config(family, **overrides))
 
 
 # ---- losses.py ----
@@ -120,8 +129,9 @@ def test_joint_loss_is_recognition_plus_lambda_times_center():
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
-def test_features_of_k_layer_model_equal_pre_layernorm_hidden_state_k_of_uncut_model(k):
-    uncut = tiny_hubert().eval()
+@pytest.mark.parametrize("family", PRE_LN)
+def test_features_of_k_layer_model_equal_pre_layernorm_hidden_state_k_of_uncut_model(family, k):
+    uncut = tiny_backbone(family).eval()
     model = SERModel(copy.deepcopy(uncut), layers=k).eval()
     x = torch.randn(2, 8000)
     with torch.no_grad():
@@ -132,55 +142,87 @@ def test_features_of_k_layer_model_equal_pre_layernorm_hidden_state_k_of_uncut_m
     assert not torch.allclose(features, uncut.encoder.layer_norm(out.hidden_states[k]), atol=1e-3)
 
 
+@pytest.mark.parametrize("family, overrides", POST_LN, ids=[family for family, _ in POST_LN])
+def test_features_of_k_layer_post_layernorm_model_equal_hidden_state_k_of_uncut_model(family, overrides):
+    uncut = tiny_backbone(family, **overrides).eval()
+    model = SERModel(copy.deepcopy(uncut), layers=2).eval()
+    x = torch.randn(2, 8000)
+    with torch.no_grad():
+        out = uncut(x, output_hidden_states=True)
+        features = model.features(x)
+    assert torch.allclose(features, out.hidden_states[2], atol=1e-5)
+    # the encoder's LayerNorm acts before the layers here, so it stays, and nothing follows the last layer
+    assert isinstance(model.backbone.encoder.layer_norm, nn.LayerNorm)
+    assert torch.allclose(out.last_hidden_state, out.hidden_states[4], atol=1e-6)
+
+
 def test_k_layer_model_keeps_exactly_k_layers():
-    model = SERModel(tiny_hubert(), layers=3)
-    assert len(model.hubert.encoder.layers) == 3
-    assert model.hubert.config.num_hidden_layers == 3
+    model = SERModel(tiny_backbone(), layers=3)
+    assert len(model.backbone.encoder.layers) == 3
+    assert model.backbone.config.num_hidden_layers == 3
 
 
-def test_exactly_k_attention_output_dropouts_are_set_and_every_other_dropout_is_zero():
-    # a config with the checkpoint's regularisation on: SERModel must switch it off
-    hubert = tiny_hubert(
-        hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, feat_proj_dropout=0.1,
-        layerdrop=0.1, apply_spec_augment=True, mask_time_prob=0.05,
-    )
-    model = SERModel(hubert, layers=3, dropout=0.4)
+@pytest.mark.parametrize("family, overrides", [(family, {}) for family in PRE_LN] + POST_LN,
+                         ids=[f"{family}-pre-ln" for family in PRE_LN] + [f"{family}-post-ln" for family, _ in POST_LN])
+def test_exactly_k_attention_output_dropouts_are_set_and_every_other_dropout_is_zero(family, overrides):
+    model = SERModel(tiny_backbone(family, **REGULARISED, **overrides), layers=3, dropout=0.4)
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     set_ = [m for m in dropouts if m.p == 0.4]
     assert len(set_) == 3
-    assert all(any(m is layer.dropout for layer in model.hubert.encoder.layers) for m in set_)
+    assert all(any(m is layer.dropout for layer in model.backbone.encoder.layers) for m in set_)
     assert all(m.p == 0.0 for m in dropouts if m.p != 0.4)
-    assert all(layer.attention.dropout == 0.0 for layer in model.hubert.encoder.layers)
-    assert model.hubert.config.layerdrop == 0.0
-    assert model.hubert.config.apply_spec_augment is False
+    assert all(layer.attention.dropout == 0.0 for layer in model.backbone.encoder.layers)
+    assert model.backbone.config.layerdrop == 0.0
+    assert model.backbone.config.apply_spec_augment is False
 
 
-def test_train_mode_forward_is_deterministic_without_dropout():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_train_mode_forward_is_deterministic_without_dropout(family):
     # no layer drop, no time masking: with dropout 0 a training step sees the same features twice
-    model = SERModel(tiny_hubert(layerdrop=0.5, apply_spec_augment=True, mask_time_prob=0.5), layers=4, dropout=0.0)
+    model = SERModel(tiny_backbone(family, **dict(REGULARISED, layerdrop=0.5, mask_time_prob=0.5)), layers=4,
+                     dropout=0.0)
     model.train()
     x = torch.randn(2, 8000)
     assert torch.equal(model(x)[1], model(x)[1])
 
 
-@pytest.mark.parametrize("pooling", ["avg", "first"])
-def test_changing_padded_samples_does_not_change_pooled_output(pooling):
-    model = SERModel(tiny_hubert(), layers=4, pooling=pooling).eval()
+def padded_batch():
+    """Two waveforms of 24,000 samples, the first valid on 16,000 of them."""
     x = torch.randn(2, 24000)
     mask = torch.ones(2, 24000, dtype=torch.long)
     mask[0, 16000:] = 0
+    return x, mask
+
+
+@pytest.mark.parametrize("pooling", ["avg", "first"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_changing_padded_samples_does_not_change_pooled_output(family, pooling):
+    model = SERModel(tiny_backbone(family), layers=4, pooling=pooling).eval()
+    x, mask = padded_batch()
     x_other = x.clone()
     x_other[0, 16000:] = 5 * torch.randn(8000)
     with torch.no_grad():
         z, logits = model(x, mask)
         z_other, logits_other = model(x_other, mask)
-        z_alone, _ = model(x[:1, :16000])
     assert torch.allclose(z, z_other, atol=1e-5) and torch.allclose(logits, logits_other, atol=1e-5)
-    assert torch.allclose(z[0], z_alone[0], atol=1e-4)  # padded in a batch = on its own
+
+
+# Not data2vec-audio: the encoder zeroes padded frames once, before its 5 stacked positional
+# convolutions, and each convolution's LayerNorm and GELU make them non-zero again for the
+# next, so valid frames up to 5 x 9 frames from the end see the padding.
+@pytest.mark.parametrize("pooling", ["avg", "first"])
+@pytest.mark.parametrize("family", PRE_LN)
+def test_padded_item_has_the_pooled_output_it_has_alone(family, pooling):
+    model = SERModel(tiny_backbone(family), layers=4, pooling=pooling).eval()
+    x, mask = padded_batch()
+    with torch.no_grad():
+        z, _ = model(x, mask)
+        z_alone, _ = model(x[:1, :16000])
+    assert torch.allclose(z[0], z_alone[0], atol=1e-4)
 
 
 def test_avg_pooling_is_zero_for_an_utterance_with_no_valid_frame():
-    model = SERModel(tiny_hubert(), layers=2, pooling="avg").eval()
+    model = SERModel(tiny_backbone(), layers=2, pooling="avg").eval()
     mask = torch.ones(2, 8000, dtype=torch.long)
     mask[0, 300:] = 0  # fewer than 400 samples: no complete frame
     assert model.frame_mask(24, mask)[0].sum() == 0
@@ -190,7 +232,7 @@ def test_avg_pooling_is_zero_for_an_utterance_with_no_valid_frame():
 
 
 def test_normalize_waveform_ignores_gain_and_padding():
-    model = SERModel(tiny_hubert(), layers=2, pooling="avg", normalize_waveform=True).eval()
+    model = SERModel(tiny_backbone(), layers=2, pooling="avg", normalize_waveform=True).eval()
     x = torch.randn(2, 16000)
     mask = torch.ones(2, 16000, dtype=torch.long)
     mask[1, 12000:] = 0
@@ -201,7 +243,7 @@ def test_normalize_waveform_ignores_gain_and_padding():
 
 
 def test_batch_of_two_different_length_waveforms_runs_forward_and_backward():
-    model = SERModel(tiny_hubert(), layers=2).train()
+    model = SERModel(tiny_backbone(), layers=2).train()
     center_loss = CenterLoss(num_classes=4, feat_dim=64)
     x_a, x_b = torch.randn(16000), torch.randn(11000)
     x = torch.zeros(2, 16000)
@@ -214,24 +256,33 @@ def test_batch_of_two_different_length_waveforms_runs_forward_and_backward():
     assert z.shape == (2, 64) and logits.shape == (2, 4)
     loss = joint_loss(recognition_loss(logits, targets), center_loss(z, targets.argmax(1)), 0.002)
     loss.backward()
-    for p in (model.f0.weight, model.f1.weight, model.hubert.encoder.layers[0].attention.q_proj.weight,
-              model.hubert.feature_extractor.conv_layers[0].conv.weight, center_loss.centers):
+    for p in (model.f0.weight, model.f1.weight, model.backbone.encoder.layers[0].attention.q_proj.weight,
+              model.backbone.feature_extractor.conv_layers[0].conv.weight, center_loss.centers):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
-def test_tiny_hubert_frames_follow_large_front_end_400_sample_window_and_320_sample_hop():
-    model = SERModel(tiny_hubert(), layers=1).eval()
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_backbone_frames_follow_large_front_end_400_sample_window_and_320_sample_hop(name):
+    torch.manual_seed(0)
+    model = SERModel(load_backbone(name), layers=1).eval()
     with torch.no_grad():
         assert model.features(torch.randn(1, 16000)).shape == (1, (16000 - 400) // 320 + 1, 64)  # 49 frames
         assert model.features(torch.randn(1, 400)).shape == (1, 1, 64)
-    c = model.hubert.config
-    assert c.feat_extract_norm == "layer" and c.do_stable_layer_norm and c.conv_bias
+    c = model.backbone.config
+    assert c.model_type == TINY[name] == backbone_config(name).model_type
+    assert backbone_config(name).num_hidden_layers == 4
+    if c.model_type in PRE_LN:
+        assert c.feat_extract_norm == "layer" and c.do_stable_layer_norm
+    if name == "tiny":
+        assert c.conv_bias  # as HuBERT-Large
 
 
-def test_eager_and_sdpa_attention_give_the_same_features():
-    eager = SERModel(tiny_hubert(attn_implementation="eager"), layers=4).eval()
-    sdpa = SERModel(tiny_hubert(attn_implementation="sdpa"), layers=4).eval()
-    assert eager.hubert.config._attn_implementation == "eager" and sdpa.hubert.config._attn_implementation == "sdpa"
+@pytest.mark.parametrize("family", [family for family in FAMILIES if family != "wavlm"])
+def test_eager_and_sdpa_attention_give_the_same_features(family):
+    eager = SERModel(tiny_backbone(family, attn_implementation="eager"), layers=4).eval()
+    sdpa = SERModel(tiny_backbone(family, attn_implementation="sdpa"), layers=4).eval()
+    assert eager.backbone.config._attn_implementation == "eager"
+    assert sdpa.backbone.config._attn_implementation == "sdpa"
     x = torch.randn(2, 12000)
     mask = torch.ones(2, 12000, dtype=torch.long)
     mask[1, 7000:] = 0
@@ -239,15 +290,39 @@ def test_eager_and_sdpa_attention_give_the_same_features():
         assert torch.allclose(eager.features(x, mask), sdpa.features(x, mask), atol=1e-5)
 
 
+def test_wavlm_asked_for_sdpa_attention_gets_eager():
+    torch.manual_seed(0)
+    assert load_backbone("tiny-wavlm", attn_implementation="sdpa").config._attn_implementation == "eager"
+
+
 @pytest.mark.parametrize("k", [0, -1, 5])
 def test_layers_outside_one_to_num_layers_raise(k):
     with pytest.raises(ValueError):
-        SERModel(tiny_hubert(), layers=k)
+        SERModel(tiny_backbone(), layers=k)
 
 
 def test_unknown_pooling_raises():
     with pytest.raises(ValueError):
-        SERModel(tiny_hubert(), pooling="max")
+        SERModel(tiny_backbone(), pooling="max")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_spec_rebuilds_a_model_that_loads_the_saved_state_dict_strictly_and_gives_the_same_logits(family, tmp_path):
+    model = SERModel(tiny_backbone(family, **REGULARISED), layers=3, dropout=0.3, pooling="avg", num_classes=5,
+                     normalize_waveform=True).eval()
+    save_file(model.state_dict(), tmp_path / "best.safetensors")
+    spec = json.loads(json.dumps(model.spec()))
+    assert spec["backbone_config"]["num_hidden_layers"] == 3
+    torch.manual_seed(1)  # other random weights than the saved ones
+    rebuilt = model_from_spec(spec).eval()
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    rebuilt.load_state_dict(load_file(tmp_path / "best.safetensors"), strict=True)
+    x = torch.randn(2, 12000)
+    mask = torch.ones(2, 12000, dtype=torch.long)
+    mask[1, 9000:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, mask)[1], model(x, mask)[1], rtol=0, atol=1e-6)
+    assert json.loads(json.dumps(rebuilt.spec())) == spec
 
 
 @pytest.fixture
@@ -257,31 +332,59 @@ def offline(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
+@pytest.mark.parametrize("load", [load_backbone, backbone_config])
 @pytest.mark.parametrize("name", ["no-such-org/no-such-hubert", "/no/such/folder/hubert"])
-def test_load_hubert_without_weights_raises_quickly_with_how_to_message(offline, name):
+def test_missing_backbone_raises_quickly_with_one_line_how_to_message(offline, name, load):
     start = time.time()
-    with pytest.raises(HubertLoadError) as info:
-        load_hubert(name)
+    with pytest.raises(BackboneError) as info:
+        load(name)
     assert time.time() - start < 5
     message = str(info.value)
     assert name in message and "hf download facebook/hubert-large-ll60k" in message
     assert "--hubert" in message and "HF_HOME" in message and "--demo" in message
+    assert "\n" not in message
 
 
-def test_load_hubert_from_local_folder_loads_the_weights_with_regularisation_off(offline, tmp_path):
-    saved = tiny_hubert(hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, feat_proj_dropout=0.1,
-                        layerdrop=0.1, apply_spec_augment=True, mask_time_prob=0.05)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_load_backbone_from_local_folder_loads_the_weights_with_regularisation_off(offline, tmp_path, family):
+    saved = tiny_backbone(family, **REGULARISED)
     saved.save_pretrained(tmp_path)
-    hubert = load_hubert(str(tmp_path), attn_implementation="eager")
-    assert isinstance(hubert, HubertModel)
-    c = hubert.config
+    assert backbone_config(str(tmp_path)).num_hidden_layers == 4
+    backbone = load_backbone(str(tmp_path))
+    assert type(backbone) is type(saved)
+    c = backbone.config
     assert (c.hidden_dropout, c.attention_dropout, c.activation_dropout, c.feat_proj_dropout, c.layerdrop) == (0,) * 5
-    assert c.apply_spec_augment is False and c._attn_implementation == "eager"
-    assert all(m.p == 0.0 for m in hubert.modules() if isinstance(m, nn.Dropout))
+    assert c.apply_spec_augment is False
+    assert c._attn_implementation == ("eager" if family == "wavlm" else "sdpa")  # WavLM has no SDPA attention
+    assert all(m.p == 0.0 for m in backbone.modules() if isinstance(m, nn.Dropout))
+    assert all(layer.attention.dropout == 0.0 for layer in backbone.encoder.layers)
+    assert backbone.state_dict().keys() == saved.state_dict().keys()
     for name, tensor in saved.state_dict().items():
-        assert torch.equal(hubert.state_dict()[name], tensor), name
+        assert torch.equal(backbone.state_dict()[name], tensor), name
 
 
-def test_load_hubert_on_folder_without_checkpoint_raises_how_to_message(offline, tmp_path):
-    with pytest.raises(HubertLoadError, match="exists but holds no loadable HuBERT checkpoint"):
-        load_hubert(str(tmp_path))
+def test_load_backbone_honours_eager_attention(offline, tmp_path):
+    tiny_backbone().save_pretrained(tmp_path)
+    assert load_backbone(str(tmp_path), attn_implementation="eager").config._attn_implementation == "eager"
+
+
+def test_load_backbone_on_folder_without_checkpoint_raises_how_to_message(offline, tmp_path):
+    with pytest.raises(BackboneError, match="exists but holds no loadable checkpoint"):
+        load_backbone(str(tmp_path))
+
+
+def test_folder_with_only_config_json_gives_its_config_but_no_backbone(offline, tmp_path):
+    tiny_config("wavlm", num_hidden_layers=3).save_pretrained(tmp_path)
+    assert backbone_config(str(tmp_path)).num_hidden_layers == 3
+    with pytest.raises(BackboneError, match="exists but holds no loadable checkpoint"):
+        load_backbone(str(tmp_path))
+
+
+@pytest.mark.parametrize("load", [load_backbone, backbone_config])
+def test_a_checkpoint_of_another_family_is_refused_in_one_line_naming_its_model_type(offline, tmp_path, load):
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=100)).save_pretrained(tmp_path)
+    with pytest.raises(BackboneError) as info:
+        load(str(tmp_path))
+    message = str(info.value)
+    assert "'bert'" in message and all(family in message for family in FAMILIES) and "\n" not in message

@@ -12,19 +12,20 @@ from transformers import HubertModel
 
 import bench
 import reproduce
+import train
 from conftest import HERE, cli
-from model import SERModel, tiny_hubert_config
+from model import SERModel, tiny_config
 
 
 def test_demo_learns_emotion_from_sound_and_shuffled_labels_stay_at_chance(replica, tmp_path):
     real = cli("reproduce.py", "--demo", "--fold", "5", "--demo-corpus", replica, "--out", tmp_path / "real")
     assert real.returncode == 0, real.stderr[-2000:]
     results = json.loads((tmp_path / "real" / "results.json").read_text())
-    assert [f["fold"] for f in results["folds"]] == [5]
+    assert [f["fold"] for f in results["folds"]] == ["5"]
     assert results["mean"]["ua"] >= 0.60, real.stdout
     assert set(results) >= {"folds", "mean", "std"} and set(results["mean"]) == {"wa", "ua"}
-    assert (tmp_path / "real" / "fold5" / "best.safetensors").exists()
-    assert not (tmp_path / "real" / "fold5" / "state.pt").exists()
+    assert (tmp_path / "real" / "fold5" / "seed0" / "best.safetensors").exists()
+    assert not (tmp_path / "real" / "fold5" / "seed0" / "state.pt").exists()
 
     control = cli("reproduce.py", "--demo", "--fold", "5", "--demo-corpus", replica, "--out", tmp_path / "control",
                   "--shuffle-labels")
@@ -46,7 +47,7 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(small_corpus,
             proc.kill()
             break
     proc.wait()
-    assert (tmp_path / "cut" / "fold2" / "state.pt").exists()
+    assert (tmp_path / "cut" / "fold2" / "seed0" / "state.pt").exists()
     assert not (tmp_path / "cut" / "results.json").exists()
 
     again = cli("reproduce.py", *args, "--out", tmp_path / "cut")
@@ -58,7 +59,7 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(small_corpus,
     b = json.loads((tmp_path / "cut" / "results.json").read_text())
     assert a == b
     history = lambda run: [{k: v for k, v in row.items() if k not in ("seconds", "audio_per_s")}
-                           for row in json.loads((tmp_path / run / "fold2" / "metrics.json").read_text())["history"]]
+                           for row in json.loads((tmp_path / run / "fold2" / "seed0" / "metrics.json").read_text())["history"]]
     assert history("whole") == history("cut")
 
 
@@ -90,7 +91,7 @@ def test_an_unreadable_wav_is_named(small_corpus, tmp_path, capsys):
     victim = sorted(copy.glob("Session1/sentences/wav/*/*.wav"))[0]
     victim.write_bytes(b"not a wav at all")
     code, err = run_main(["--iemocap", copy, "--allow-incomplete", "--hubert", "tiny", "--layers", "2",
-                          "--workers", "0", "--fold", "1", "--out", tmp_path / "r"], capsys)
+                          "--workers", "0", "--fold", "1", "--device", "cpu", "--out", tmp_path / "r"], capsys)
     assert code == 2 and victim.name in err
 
 
@@ -102,7 +103,7 @@ def test_missing_hubert_weights_say_how_to_get_them(small_corpus, tmp_path, caps
 
 
 def test_a_nan_loss_stops_the_fold_with_a_message(small_corpus, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(reproduce, "recognition_loss", lambda logits, targets: logits.sum() * float("nan"))
+    monkeypatch.setattr(train, "recognition_loss", lambda logits, targets: logits.sum() * float("nan"))
     code, err = run_main(["--demo", "--demo-corpus", small_corpus, "--fold", "1", "--epochs", "1", "--max-len", "8000",
                           "--out", tmp_path / "r"], capsys)
     assert code == 1 and "the loss became nan" in err
@@ -153,19 +154,19 @@ def test_table2_runs_its_seven_rows_with_the_paper_settings(small_corpus, tmp_pa
 
 CPU = torch.device("cpu")
 # 1 s items and max_len 1 s: fixed padding adds nothing, so both paths see the same samples
-DEFAULT = reproduce.Config(padding="fixed", max_len=16_000, precision="fp32")
-FAST = reproduce.Config(padding="dynamic", max_len=16_000, precision="bf16")
+DEFAULT = train.Config(padding="fixed", max_len=16_000, precision="fp32")
+FAST = train.Config(padding="dynamic", max_len=16_000, precision="bf16")
 
 
 def tiny_model(pooling="first"):
     torch.manual_seed(0)
-    return SERModel(HubertModel(tiny_hubert_config()), layers=3, pooling=pooling).eval()  # eval: no dropout
+    return SERModel(HubertModel(tiny_config()), layers=3, pooling=pooling).eval()  # eval: no dropout
 
 
 def run(model, waves, cfg):
     """(z, logits) in fp32 for waveforms padded and autocast as reproduce.py does under cfg."""
-    x, mask = reproduce.pad(waves, [len(w) for w in waves], cfg)
-    with torch.no_grad(), reproduce.autocast(cfg, CPU):
+    x, mask = train.pad(waves, [len(w) for w in waves], cfg)
+    with torch.no_grad(), train.autocast(cfg, CPU):
         z, logits = model(x, mask)
     return z.float(), logits.float()
 
@@ -186,7 +187,7 @@ def test_dynamic_padding_with_an_all_ones_mask_equals_fixed_padding_without_mask
     torch.manual_seed(1)
     waves = [0.1 * torch.randn(16_000) for _ in range(3)]
     model = tiny_model()
-    assert reproduce.pad(waves, [16_000] * 3, FAST)[1].all()  # the fast path does pass a mask, of ones
+    assert train.pad(waves, [16_000] * 3, FAST)[1].all()  # the fast path does pass a mask, of ones
     z, logits = run(model, waves, DEFAULT)
     z_fast, logits_fast = run(model, waves, dataclasses.replace(FAST, precision="fp32"))
     torch.testing.assert_close(z_fast, z, rtol=0, atol=1e-5)
@@ -206,7 +207,7 @@ def test_an_unpadded_item_has_the_same_pooled_feature_alone_and_beside_a_longer_
 
 
 def test_flop_count_of_one_more_layer_is_six_per_matmul_weight_per_frame_plus_attention():
-    config = tiny_hubert_config()
+    config = tiny_config()
     layer = HubertModel(config).encoder.layers[0]
     weights = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))  # Q, K, V, O, FF
     T = (16_000 - 400) // 320 + 1
@@ -227,7 +228,7 @@ def test_bench_quick_runs_and_its_last_line_is_the_speedup(tmp_path):
 def test_authors_model_and_suite_model_of_the_bench_compute_the_same_logits_on_the_same_weights():
     authors = bench.build("authors", {}, 3, CPU).eval()  # all 4 layers run, hidden_states[3] taken
     suite = bench.build("suite", {}, 3, CPU).eval()  # 3 layers
-    assert len(authors.hubert.encoder.layers) == 4 and len(suite.hubert.encoder.layers) == 3
+    assert len(authors.backbone.encoder.layers) == 4 and len(suite.backbone.encoder.layers) == 3
     x = 0.1 * torch.randn(2, 20_000)
     with torch.no_grad():
         torch.testing.assert_close(authors(x)[1], suite(x)[1], rtol=0, atol=1e-5)

@@ -1,0 +1,331 @@
+"""A run is a set of jobs, one per (fold, seed), each in its own folder under the run folder:
+
+    RUN/config.json                 the settings, written once
+    RUN/fold1/seed0/lock            held while a process trains the job: {"host", "pid", "since"}
+    RUN/fold1/seed0/metrics.json    the finished job (reproduce.py never reruns it)
+    RUN/results.{json,md,png}       rebuilt from every finished job's metrics.json
+
+Any number of processes, on any machines that see the folder, may work on one run at once:
+each claims a job by creating its lock atomically and moves on to the next job when the lock
+exists. The lock is also held with flock(2) while the job trains, so a lock whose process died
+is told apart from a live one on the same host; such a lock is taken over with --resume. A lock
+held from another host is never taken over: the user removes it.
+"""
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import stats
+from train import UserError, atomic_write, broadcast, world, write_json
+
+HOST = socket.gethostname()
+PAPER = {"wa": 0.7537, "ua": 0.7604}  # Table 3, "Proposed": one run of the five folds
+
+
+@dataclass(frozen=True)
+class Job:
+    fold: str
+    seed: int
+
+    @property
+    def name(self):
+        return f"fold{self.fold}/seed{self.seed}"
+
+
+def parse_job(text):
+    """'fold3/seed1' -> Job('3', 1)."""
+    try:
+        fold, seed = text.strip("/").split("/")
+        assert fold.startswith("fold") and seed.startswith("seed") and len(fold) > 4
+        return Job(fold[4:], int(seed[4:]))
+    except (ValueError, AssertionError):
+        raise UserError(f"--job {text}: must look like fold3/seed1") from None
+
+
+def jobs_on_disk(run):
+    """Every job that some process registered in this run (its folder exists)."""
+    found = []
+    for d in Path(run).glob("fold*/seed*"):
+        if d.is_dir() and d.name[4:].isdigit():
+            found.append(Job(d.parent.name[4:], int(d.name[4:])))
+    return found
+
+
+# ---------------------------------------------------------------------------- claims
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Claim:
+    """This process's hold on one job: the lock file, and flock(2) on it until release()."""
+
+    def __init__(self, lock, fd):
+        self.lock, self.fd = lock, fd
+
+    def release(self):
+        self.lock.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+def claim(job_dir, resume):
+    """Try to take the job in job_dir. Returns (Claim, None) or (None, (kind, sentence)): kind is
+    "finished", "held" (by a live process, or by another host) or "interrupted" (waits for --resume)."""
+    job_dir = Path(job_dir)
+    lock = job_dir / "lock"
+    if (job_dir / "metrics.json").exists():
+        return None, ("finished", "finished")
+    me = json.dumps(dict(host=HOST, pid=os.getpid(), since=time.strftime("%Y-%m-%d %H:%M:%S")))
+    tmp = job_dir / f"lock.{HOST}-{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    os.write(fd, me.encode())
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        os.link(tmp, lock)  # atomic: fails when the lock exists, also over NFS
+        taken = None
+    except FileExistsError:
+        os.close(fd)
+        fd, taken = None, _holder(lock)
+    finally:
+        tmp.unlink()
+    if fd is None:
+        fd, why = _take_over(lock, taken, resume)
+        if fd is None:
+            return None, why
+    held = Claim(lock, fd)
+    if (job_dir / "metrics.json").exists():  # finished while we were claiming it
+        held.release()
+        return None, ("finished", "finished")
+    if (job_dir / "state.pt").exists() and not resume:
+        held.release()
+        return None, ("interrupted", "interrupted: --resume continues it from its last finished epoch")
+    return held, None
+
+
+def _take_over(lock, holder, resume):
+    """A lock of this host whose process is gone is taken over with --resume."""
+    where = f"{holder.get('host', '?')}, pid {holder.get('pid', '?')}, since {holder.get('since', '?')}"
+    if holder.get("host") != HOST:
+        return None, ("held", f"held by {where}; if that process is gone, delete {lock} and rerun with --resume")
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:  # released meanwhile: finished, or free again
+        return None, ("held", "released by its process meanwhile")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its process (or a forked worker) lives
+        if os.fstat(fd).st_ino != os.stat(lock).st_ino:
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None, ("held", f"being trained ({where})")
+    if not resume:
+        os.close(fd)
+        alive = "pid reused" if _pid_alive(holder.get("pid", 0)) else "gone"
+        return None, ("interrupted", f"interrupted, its process ({where}) is {alive}: "
+                                     "--resume continues it from its last finished epoch")
+    me = json.dumps(dict(host=HOST, pid=os.getpid(), since=time.strftime("%Y-%m-%d %H:%M:%S")))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, me.encode(), 0)
+    return fd, None
+
+
+def work(jobs, resume, train, finished):
+    """Claim and train each job in turn, skipping the ones finished or held by another process.
+
+    jobs: [(job folder, job)]; train(job) trains it (on every rank under torchrun, where rank 0
+    claims and tells the others); finished(job) runs on rank 0 after each job this process
+    finished. Returns [(job folder, kind, sentence)] of the jobs left to others ("held") or
+    waiting for --resume ("interrupted")."""
+    skipped = []
+    for job_dir, job in jobs:
+        held, why = claim(job_dir, resume) if world()[0] == 0 else (None, None)
+        if not broadcast(held is not None):
+            if world()[0] == 0 and why[0] != "finished":
+                skipped.append((job_dir, *why))
+            continue
+        try:
+            train(job)
+        finally:
+            if held:
+                held.release()
+        if world()[0] == 0:
+            finished(job)
+    return skipped
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def summarise(run):
+    """results.json, results.md and results.png of the run folder, from every finished job's
+    metrics.json. Serialised by flock(2) on RUN/.summary.lock: two processes finishing at
+    once write in turn, and the later one reads what the earlier wrote. Returns the table."""
+    run = Path(run)
+    with open(run / ".summary.lock", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        config = json.loads((run / "config.json").read_text())
+        expected = sorted({(j.fold, j.seed) for j in jobs_on_disk(run)}, key=lambda j: (fold_key(j[0]), j[1]))
+        done = {}
+        for fold, seed in expected:
+            path = run / f"fold{fold}" / f"seed{seed}" / "metrics.json"
+            if path.exists():
+                done[fold, seed] = json.loads(path.read_text())
+        summary = aggregate(expected, done, config)
+        table = markdown(summary, run)
+        write_json(summary, run / "results.json")
+        atomic_write(run / "results.md", lambda tmp: tmp.write_text(table))
+        if done:
+            plot(summary, done, run / "results.png")
+    return table
+
+
+def fold_key(fold):
+    return (0, int(fold), "") if fold.isdigit() else (1, 0, fold)
+
+
+def aggregate(expected, done, config):
+    """The numbers of results.json: per fold mean +/- std over seeds; per seed the LOSO score
+    (mean of its folds); over seeds the mean, std and Student-t 95 % interval of that score."""
+    folds = sorted({f for f, _ in expected}, key=fold_key)
+    seeds = sorted({s for _, s in expected})
+    classes = config["corpus"]["classes"]
+    per_fold = []
+    for f in folds:
+        runs = [done[f, s] for s in seeds if (f, s) in done]
+        if not runs:
+            continue
+        entry = dict(fold=f, seeds=len(runs))
+        for m in ("wa", "ua"):
+            entry[m] = float(np.mean([r[m] for r in runs]))
+            entry[f"{m}_std"] = stats.std([r[m] for r in runs])
+        entry["recall"] = {c: float(np.mean([r["recall"][c] for r in runs])) for c in classes}
+        entry["best_epoch"] = float(np.mean([r["best_epoch"] for r in runs]))
+        per_fold.append(entry)
+    complete = [s for s in seeds if all((f, s) in done for f in folds)]
+    loso = {m: [float(np.mean([done[f, s][m] for f in folds])) for s in complete] for m in ("wa", "ua")}
+    if complete:
+        mean = {m: float(np.mean(loso[m])) for m in loso}
+        std = {m: stats.std(loso[m]) for m in loso}
+        ci = {m: stats.t_interval(loso[m]) for m in loso}
+        ci95 = None if len(complete) < 2 else ci
+    else:  # no seed has every fold yet: the mean of what there is, marked partial
+        mean = {m: float(np.mean([e[m] for e in per_fold])) if per_fold else None for m in ("wa", "ua")}
+        std, ci95 = {"wa": None, "ua": None}, None
+    confusion = np.sum([r["confusion"] for r in done.values()], axis=0).tolist() if done else []
+    return dict(folds=per_fold, mean=mean, std=std, ci95=ci95, loso_by_seed={str(s): {m: loso[m][k] for m in loso}
+                                                                            for k, s in enumerate(complete)},
+                seeds_complete=complete, finished=len(done), expected=len(expected),
+                missing=[f"fold{f}/seed{s}" for f, s in expected if (f, s) not in done],
+                runs=[dict(fold=f, seed=s, wa=r["wa"], ua=r["ua"], best_epoch=r["best_epoch"]) for (f, s), r in done.items()],
+                classes=classes, confusion=confusion, paper=PAPER if config["corpus"]["paper"] else None,
+                demo=config["config"].get("demo", False))
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def markdown(s, run):
+    lines = []
+    if s["demo"]:
+        lines += ["Synthetic demo corpus and a tiny random HuBERT: these numbers say the pipeline works, "
+                  "not how IEMOCAP scores.", ""]
+    n_seeds = len({r["seed"] for r in s["runs"]})
+    lines += [f"{s['finished']} of {s['expected']} jobs finished." + (f" Missing: {', '.join(s['missing'])}." if s["missing"] else ""),
+              "", "| fold | WA (%) | UA (%) | best epoch | seeds |", "|---|---|---|---|---|"]
+    pm = lambda m, e: pct(e[m]) + ("" if e[f"{m}_std"] is None else f" +/- {pct(e[f'{m}_std'])}")
+    for e in s["folds"]:
+        lines.append(f"| {e['fold']} | {pm('wa', e)} | {pm('ua', e)} | {e['best_epoch']:.1f} | {e['seeds']} |")
+    k = len(s["seeds_complete"])
+    if k:
+        overall = lambda m: f"**{pct(s['mean'][m])}" + ("" if s["std"][m] is None else f" +/- {pct(s['std'][m])}") + "**"
+        lines.append(f"| **mean of the folds** | {overall('wa')} | {overall('ua')} | | {k} |")
+        if s["ci95"]:
+            ci = lambda m: f"[{pct(s['ci95'][m][0])}, {pct(s['ci95'][m][1])}]"
+            lines.append(f"| 95 % interval over seeds | {ci('wa')} | {ci('ua')} | | |")
+    elif s["folds"]:
+        lines.append(f"| mean of the finished folds (partial) | {pct(s['mean']['wa'])} | {pct(s['mean']['ua'])} | | |")
+    if s["paper"]:
+        lines.append(f"| paper (Table 3), one run | {pct(s['paper']['wa'])} | {pct(s['paper']['ua'])} | | |")
+    lines.append("")
+    if k >= 2:
+        lines.append(f"+/- is the standard deviation over seeds: per fold of its test score, overall of the seeds' "
+                     f"mean of the folds. The interval is Student's t over those {k} means ({k - 1} degrees of freedom).")
+    elif k == 1 or n_seeds == 1:
+        lines.append("One seed: no spread over seeds and no confidence interval; --seeds N repeats every fold.")
+    if s["confusion"]:
+        cls = s["classes"]
+        lines += ["", "Pooled confusion matrix (rows: true, columns: predicted):", "",
+                  "| | " + " | ".join(cls) + " |", "|---" * (len(cls) + 1) + "|"]
+        lines += [f"| {c} | " + " | ".join(str(n) for n in row) + " |" for c, row in zip(cls, s["confusion"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary, done, path):
+    """Learning curves of every job (one column per fold: training loss above, validation WA
+    and UA below, one line per seed) and the pooled confusion matrix, row-normalised, counts
+    in the cells."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folds = sorted({f for f, _ in done}, key=fold_key)
+    n = len(folds)
+    fig = plt.figure(figsize=(3 * n + 4.5, 6), layout="constrained")
+    grid = fig.add_gridspec(2, n + 2)
+    colours = plt.get_cmap("tab10")
+    for c, fold in enumerate(folds):
+        top, bottom = fig.add_subplot(grid[0, c]), fig.add_subplot(grid[1, c])
+        for (f, seed), r in sorted(done.items()):
+            if f != fold:
+                continue
+            epochs = [h["epoch"] for h in r["history"]]
+            colour = colours(seed % 10)
+            top.plot(epochs, [h["loss"] for h in r["history"]], color=colour, label=f"seed {seed}")
+            if r["history"] and r["history"][0]["val_wa"] is not None:
+                bottom.plot(epochs, [100 * h["val_wa"] for h in r["history"]], color=colour, label=f"WA seed {seed}")
+                bottom.plot(epochs, [100 * h["val_ua"] for h in r["history"]], color=colour, ls="--", label=f"UA seed {seed}")
+            bottom.axvline(r["best_epoch"], color=colour, lw=0.8, alpha=0.5)
+        top.set_title(f"fold {fold}")
+        top.set_xlabel("epoch")
+        bottom.set_xlabel("epoch")
+        if c == 0:
+            top.set_ylabel("training loss (Eq. 6)")
+            bottom.set_ylabel("validation WA (-) / UA (--), %")
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
+    top.legend(fontsize=7)
+    ax = fig.add_subplot(grid[:, n:])
+    counts = np.array(summary["confusion"])
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(counts)):
+        for j in range(len(counts)):
+            ax.text(j, i, f"{counts[i, j]}\n{100 * rates[i, j]:.0f}%", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    classes = summary["classes"]
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if max(map(len, classes)) > 4 else 0)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=f"pooled test confusion ({summary['finished']} jobs)")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)

@@ -1,0 +1,647 @@
+"""The training machinery that reproduce.py, ablate.py and bench.py share: the settings,
+their checks, the data pipeline, one training step, and one job (a fold trained and tested
+with one seed), in one process or data-parallel under torchrun.
+
+The loop of `run_job` reads like Sec. 3.2: each epoch, batches of mixed pairs (Eq. 1, Eq. 3),
+the joint loss (Eq. 4-6), two Adam steps, the learning rates x0.8; then the validation WA
+decides early stopping, and the best epoch's weights are tested (Sec. 3.4).
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import iemocap
+from iemocap import IemocapError
+from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, mixup_targets, recognition_loss
+from model import DEFAULT_BACKBONE, TINY, BackboneError, SERModel, backbone_config, load_backbone
+
+
+def arg(default, help, **kw):
+    return field(default=default, metadata=dict(help=help, **kw))
+
+
+@dataclass
+class Config:
+    # corpus
+    iemocap: str = arg("", "IEMOCAP_full_release folder (default: $IEMOCAP_ROOT)")
+    demo: bool = arg(False, "synthetic IEMOCAP-shaped corpus and a tiny random HuBERT: the whole pipeline on a CPU")
+    allow_incomplete: bool = arg(False, "train on a copy whose utterance counts differ from the published ones")
+    # model (Sec. 2.2, Sec. 3.3)
+    hubert: str = arg(DEFAULT_BACKBONE, "hub id or local folder of the pretrained backbone (HuBERT, wav2vec 2.0, WavLM "
+                      "or data2vec-audio); " + ", ".join(TINY) + ": a small random one (--demo)")
+    layers: int = arg(22, "transformer layers kept, 1-based as in Fig. 2")
+    dropout: float = arg(0.4, "attention-output ('projection') dropout in those layers, Table 1")
+    pooling: str = arg("first", "F_e^0 (first frame) or Avg(F_e), Table 2", choices=["first", "avg"])
+    normalize_waveform: bool = arg(False, "zero-mean/unit-variance input as the checkpoint's do_normalize (authors: peak only)")
+    # data (BACKGROUND.md, "The authors' script")
+    max_len: int = arg(100_000, "crop every utterance to its first N samples (6.25 s), then peak-normalise it")
+    padding: str = arg("fixed", "fixed: pad to max_len with the utterance mean, no mask (authors); "
+                       "dynamic: pad to the batch's longest, length-bucketed, with attention mask", choices=["fixed", "dynamic"])
+    augment: str = arg("authors", "waveform augmentation chain", choices=["none", "authors", "paper"])
+    # label-adaptive mixup (Sec. 2.1)
+    mixup: str = arg("adaptive", "targets of mixed pairs: Eq. 3 (adaptive), Eq. 2 (conventional) or no mixing",
+                     choices=["none", "conventional", "adaptive"])
+    mixup_p: float = arg(0.5, "probability that a training utterance is mixed with a random partner")
+    mixup_lambda: float = arg(0.5, "lambda of Eq. 1-3 (the paper fixes it at 0.5)")
+    # losses (Sec. 2.3)
+    center_weight: float = arg(0.002, "lambda of Eq. 6, the center-loss weight (Table 2)")
+    # optimisation (Sec. 3.2)
+    batch_size: int = arg(16, "utterances per optimizer step (under torchrun: split across the processes)")
+    grad_accum: int = arg(1, "split each batch into this many micro-batches (same result, less memory)")
+    lr: float = arg(1e-4, "Adam learning rate of the model")
+    lr_center: float = arg(1e-3, "Adam learning rate of the class centers")
+    beta1: float = arg(0.9, "Adam beta1 (both optimizers)")
+    beta2: float = arg(0.98, "Adam beta2 (both optimizers)")
+    adam_eps: float = arg(1e-9, "Adam epsilon (both optimizers)")
+    lr_decay: float = arg(0.8, "both learning rates are multiplied by this after each epoch...")
+    lr_decay_epochs: int = arg(20, "...of the first N epochs, then held")
+    epochs: int = arg(100, "at most this many epochs")
+    patience: int = arg(10, "stop after N epochs without a better validation WA")
+    val_fraction: float = arg(0.1, "class-stratified share of the training sessions held out for early stopping "
+                              "(0: no validation, test the last epoch, as in Sec. 3.3)")
+    # run: which jobs (fold x seed), where, on what
+    fold: str = arg("all", "session to test on, 1..5, or all")
+    seed: int = arg(0, "the first seed; every random draw of a job derives from (seed, fold, epoch)")
+    seeds: int = arg(1, "seeds per fold: --seed .. --seed+N-1 (each fold x seed is one job)")
+    out: str = arg("", "run folder (default: runs/<timestamp>)")
+    device: str = arg("", "cuda, cpu, ... (default: cuda when present; under torchrun cuda:LOCAL_RANK)")
+    precision: str = arg("auto", "autocast dtype; auto: bf16 on a GPU that has it, else fp32", choices=["auto", "bf16", "fp16", "fp32"])
+    workers: int = arg(4, "DataLoader worker processes (0: load in the main process)")
+    resume: bool = arg(False, "continue interrupted jobs in --out from their last finished epoch")
+    no_save: bool = arg(False, "do not keep the best weights (best.safetensors) of each job")
+    shuffle_labels: bool = arg(False, "negative control: permute the training labels (results must stay at chance)")
+    demo_corpus: str = arg("", "where --demo writes its synthetic corpus once (default: ~/.cache/ser-lam-mixup/)")
+    demo_speaker_utterances: int = arg(40, "--demo: in-class utterances per speaker of the synthetic corpus")
+
+
+# --demo swaps the corpus and the model, and scales the schedule to a CPU; flags given on the command line win.
+DEMO = dict(hubert="tiny", layers=3, max_len=32_000, lr=5e-4, lr_center=5e-3, epochs=8, patience=4, workers=0)
+
+# Fields that say which jobs run where, not what a job computes: processes sharing a run may differ in them.
+RUN_ONLY = {"fold", "seed", "seeds", "out", "device", "workers", "resume", "no_save"}
+
+
+class UserError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (and exit 2), not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def config_parser(description, sweep=(), skip=()):
+    """A parser with one flag per Config field; fields in `sweep` take a list of values."""
+    p = Parser(description=description)
+    for f in dataclasses.fields(Config):
+        if f.name in skip:
+            continue
+        name = "--" + f.name.replace("_", "-")
+        shown = "" if f.type is bool or f.default == "" else f" (default: {f.default})"
+        if f.name == "demo":
+            shown = " (sets " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO.items()) + " unless given)"
+        kw = dict(help=f.metadata["help"] + shown, default=argparse.SUPPRESS)
+        if f.type is bool:
+            p.add_argument(name, action="store_true", **kw)
+        else:
+            p.add_argument(name, type=f.type, choices=f.metadata.get("choices"),
+                           nargs="+" if f.name in sweep else None, **kw)
+    return p
+
+
+def make_config(*layers):
+    """Config from dicts of settings, later ones winning, with --demo's settings under all of them."""
+    settings = {k: v for layer in layers for k, v in layer.items()}
+    return Config(**{**(DEMO if settings.get("demo") else {}), **settings})
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+# (field, test, what is allowed): checked before any audio is decoded or any model is built
+RANGES = [
+    ("layers", lambda v: v >= 1, ">= 1"),
+    ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("mixup_p", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("mixup_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("center_weight", lambda v: v >= 0, ">= 0"),
+    ("max_len", lambda v: v >= iemocap.MIN_SAMPLES, f">= {iemocap.MIN_SAMPLES} (HuBERT's receptive field)"),
+    ("batch_size", lambda v: v >= 1, ">= 1"),
+    ("grad_accum", lambda v: v >= 1, ">= 1"),
+    ("lr", lambda v: v > 0, "> 0"),
+    ("lr_center", lambda v: v > 0, "> 0"),
+    ("adam_eps", lambda v: v > 0, "> 0"),
+    ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("lr_decay", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("lr_decay_epochs", lambda v: v >= 0, ">= 0"),
+    ("epochs", lambda v: v >= 1, ">= 1"),
+    ("patience", lambda v: v >= 1, ">= 1"),
+    ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("seeds", lambda v: v >= 1, ">= 1"),
+    ("workers", lambda v: v >= 0, ">= 0"),
+    ("demo_speaker_utterances", lambda v: v >= 1, ">= 1"),
+]
+
+
+def check_config(cfg):
+    """Every setting in its range: one line naming the flag, the value and what is allowed."""
+    for name, ok, allowed in RANGES:
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+            raise UserError(f"{flag(name)} {value}: must be {allowed}")
+    if cfg.batch_size < cfg.grad_accum:
+        raise UserError(f"--batch-size {cfg.batch_size}: must be >= --grad-accum ({cfg.grad_accum})")
+
+
+def check_backbone(cfg):
+    """--layers against the backbone's layer count, read from its config (no weights)."""
+    try:
+        num_layers = backbone_config(cfg.hubert).num_hidden_layers
+    except BackboneError as e:
+        raise UserError(f"--hubert {cfg.hubert}: {e}") from None
+    if cfg.layers > num_layers:
+        raise UserError(f"--layers {cfg.layers}: must be in 1..{num_layers}, the layers of --hubert {cfg.hubert}")
+
+
+def check_out(out):
+    """--out must be a folder that can be created and written; checked without leaving anything behind."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: cannot be created, {parent} is a file")
+    try:  # a real probe: os.access says yes to root on a read-only place
+        probe = Path(os.path.join(parent, f".write-probe-{socket.gethostname()}-{os.getpid()}"))
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot be written ({e.strerror} in {parent})") from None
+
+
+def derive_seed(*parts):
+    """One 32-bit seed per (seed, fold, epoch, ...): a resumed run draws exactly what an uninterrupted one did."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class TrainPairs(Dataset):
+    """Training utterances with their mixup partners (Sec. 2.1).
+
+    As in the authors' script, an utterance is mixed with probability p with a
+    partner drawn at random from the whole training set. (A partner from the
+    same batch would, with length-bucketed batches, always have about the same
+    length and turn Eq. 3 into Eq. 2.) An unmixed item is its own partner,
+    which Eq. 1 and Eq. 3 leave unchanged.
+    """
+
+    def __init__(self, utterances, data, cfg, key):
+        self.data, self.cfg, self.key = data, cfg, key  # key: (seed, fold number) of the job
+        self.nominal = np.array([min(round(u.duration * iemocap.SAMPLE_RATE), cfg.max_len) for u in utterances])
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        self.data.set_epoch(epoch)
+        rng = np.random.default_rng(derive_seed(*self.key, epoch, 1))
+        n = len(self.data)
+        p = self.cfg.mixup_p if self.cfg.mixup != "none" else 0.0
+        self.partner = np.where(rng.random(n) < p, rng.integers(n, size=n), np.arange(n))
+        # what the model will see of each item: the longer of the pair (Eq. 1); used to bucket batches
+        self.lengths = np.maximum(self.nominal, self.nominal[self.partner])
+        self.order_rng = np.random.default_rng(derive_seed(*self.key, epoch, 2))
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x_i, l_i, y_i = self.data[i]
+        j = self.partner[i]
+        x_j, l_j, y_j = (x_i, l_i, y_i) if j == i else self.data[j]
+        return x_i, l_i, y_i, x_j, l_j, y_j
+
+    def batches(self, batch_size, bucketed):
+        """This epoch's batches: shuffled; with bucketed, utterances of like length share a batch."""
+        order = self.order_rng.permutation(len(self))
+        if bucketed:  # sort within windows of 50 batches, so batches stay random but pad little
+            w = 50 * batch_size
+            order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in np.split(order, range(w, len(order), w))])
+        batches = [order[k:k + batch_size].tolist() for k in range(0, len(order), batch_size)]
+        self.order_rng.shuffle(batches)
+        return batches
+
+
+def pad(waves, lengths, cfg):
+    """(B, L) waveforms and (B, L) attention mask, or None for fixed padding.
+
+    fixed: every item padded to max_len with its own mean and no mask (the authors' setting).
+    dynamic: zeros up to the batch's longest item, and a mask so the model ignores them.
+    """
+    if cfg.padding == "fixed":
+        x = torch.stack([torch.cat([w, w.mean().expand(cfg.max_len - len(w))]) for w in waves])
+        return x, None
+    L = max(int(l) for l in lengths)
+    x = torch.zeros(len(waves), L)
+    for b, w in enumerate(waves):
+        x[b, :len(w)] = w
+    mask = (torch.arange(L)[None] < torch.as_tensor(lengths)[:, None]).long()
+    return x, mask
+
+
+def collate_train(items, cfg):
+    x_i, l_i, y_i, x_j, l_j, y_j = zip(*items)
+    l_i, l_j = torch.tensor(l_i), torch.tensor(l_j)
+    l_ij = torch.maximum(l_i, l_j)  # Eq. 1: the mix is as long as the longer one
+    x_i, mask = pad(x_i, l_ij, cfg)
+    x_j, _ = pad(x_j, l_ij, cfg)
+    return x_i, x_j, mask, l_i, l_j, torch.tensor(y_i), torch.tensor(y_j)
+
+
+def collate_eval(items, cfg):
+    x, l, y = zip(*items)
+    x, mask = pad(x, l, cfg)
+    return x, mask, torch.tensor(y)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def build_model(cfg, num_classes, init_seed):
+    """SERModel of cfg, f0, f1 and (a tiny random backbone) initialised from init_seed."""
+    torch.manual_seed(init_seed)
+    model = SERModel(load_backbone(cfg.hubert), layers=cfg.layers, dropout=cfg.dropout, pooling=cfg.pooling,
+                     num_classes=num_classes, normalize_waveform=cfg.normalize_waveform)
+    # Weights the forward pass never uses (the time-mask embedding, masking being off) get no
+    # gradient; freezing them says so to DistributedDataParallel and changes nothing else.
+    for name, p in model.named_parameters():
+        if name.endswith("masked_spec_embed"):
+            p.requires_grad_(False)
+    return model
+
+
+def autocast(cfg, device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def evaluate(model, loader, cfg, device, desc, classes):
+    model.eval()
+    y_true, y_pred = [], []
+    for x, mask, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+        with autocast(cfg, device):
+            _, logits = model(x.to(device), None if mask is None else mask.to(device))
+        y_true.append(y)
+        y_pred.append(logits.argmax(1).cpu())
+    return scores(torch.cat(y_true).numpy(), torch.cat(y_pred).numpy(), classes)
+
+
+def scores(y_true, y_pred, classes):
+    """WA = accuracy over utterances; UA = mean of the per-class recalls (Sec. 3.1)."""
+    labels = list(range(len(classes)))
+    present = sorted(set(y_true.tolist()))
+    return dict(wa=float(accuracy_score(y_true, y_pred)),
+                ua=float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+                recall={c: float(r) for c, r in zip(classes, recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0))},
+                confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist())
+
+
+# ---------------------------------------------------------------------------- data parallel
+
+
+def world():
+    """(rank, world size): (0, 1) outside torchrun."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def init_distributed(cfg):
+    """Under torchrun: one process group for the whole run (NCCL on GPUs, gloo on CPUs), and this
+    process's device (cuda:LOCAL_RANK). Outside torchrun: nothing."""
+    if "LOCAL_RANK" not in os.environ or dist.is_initialized():
+        return
+    local = int(os.environ["LOCAL_RANK"])
+    size = int(os.environ["WORLD_SIZE"])
+    if size > cfg.batch_size:
+        raise UserError(f"torchrun started {size} processes, more than --batch-size {cfg.batch_size}: each process "
+                        "needs at least one utterance of every batch; use fewer processes or a larger batch")
+    if not cfg.device and torch.cuda.is_available():
+        cfg.device = f"cuda:{local}"
+    if cfg.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(cfg.device))
+    backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(hours=1))  # long: rank 0 alone tests and saves
+
+
+def broadcast(obj):
+    """rank 0's obj on every rank."""
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def rank_batches(batches, rank, size):
+    """This rank's part of each global batch, and its weight in the batch's mean loss.
+
+    Contiguous slices, so the ranks together see exactly the single-process batch. A rank
+    whose slice is empty (a last batch smaller than the world) computes one item with weight
+    0: every rank must take part in every step's gradient all-reduce."""
+    parts = []
+    for b in batches:
+        per = math.ceil(len(b) / size)
+        part = b[rank * per:(rank + 1) * per]
+        parts.append((part, len(part) / len(b)) if part else (b[:1], 0.0))
+    return parts
+
+
+# ---------------------------------------------------------------------------- one step
+
+
+def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, num_classes, weight=1.0, where=""):
+    """One optimizer step on a collate_train batch: Eq. 1, Eq. 3 (or 2), forward, Eq. 4-6,
+    backward, both Adam steps. Returns [L, L_r, L_c] of the (global) batch.
+
+    weight: this process's share of the global batch (1 in one process). Under torchrun the
+    gradient of each rank's mean loss is scaled by weight * world size, so that the average
+    that DistributedDataParallel takes over the ranks equals the single-process gradient."""
+    rank, size = world()
+    x_i, x_j, mask, l_i, l_j, y_i, y_j = (None if t is None else t.to(device, non_blocking=True) for t in batch)
+    onehot = lambda y: torch.nn.functional.one_hot(y, num_classes).float()
+    y_i, y_j, lam = onehot(y_i), onehot(y_j), cfg.mixup_lambda
+    x = mix_waveforms(x_i, x_j, lam)  # Eq. 1 (unmixed items are their own partner)
+    if cfg.mixup == "conventional":
+        y = mixup_targets(y_i, y_j, lam)  # Eq. 2
+    else:
+        y = label_adaptive_targets(y_i, y_j, l_i.float(), l_j.float(), lam)  # Eq. 3
+    opt.zero_grad(set_to_none=True)
+    opt_c.zero_grad(set_to_none=True)
+    step = torch.zeros(3, device=device)  # L, L_r, L_c of this batch
+    micro = math.ceil(len(x) / cfg.grad_accum)
+    starts = range(0, len(x), micro)
+    for s in starts:  # micro-batches of --grad-accum
+        part = slice(s, s + micro)
+        last = s == starts[-1]
+        with (model.no_sync() if size > 1 and not last else nullcontext()), autocast(cfg, device):
+            z, logits = model(x[part], None if mask is None else mask[part])
+        l_r = recognition_loss(logits.float(), y[part])  # Eq. 4
+        l_c = center_loss(z.float(), y[part].argmax(1))  # Eq. 5
+        loss = joint_loss(l_r, l_c, cfg.center_weight)  # Eq. 6
+        share = weight * len(logits) / len(x)
+        with model.no_sync() if size > 1 and not last else nullcontext():
+            scaler.scale(loss * share * size).backward()
+        step += torch.stack([loss, l_r, l_c]).detach() * share
+    if size > 1:  # the centers are not in the DDP module: average their gradient by hand
+        dist.all_reduce(center_loss.centers.grad)
+        center_loss.centers.grad /= size
+        dist.all_reduce(step)
+    step = step.tolist()  # the one host sync of a step
+    if not math.isfinite(step[0]):
+        raise FloatingPointError(f"{where}: the loss became {step[0]}; try --precision fp32 or a lower --lr")
+    scaler.step(opt)
+    scaler.step(opt_c)
+    scaler.update()
+    return step
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def atomic_write(path, write):
+    """write(tmp) then rename: a run killed mid-write leaves the old file, never half a new one.
+    The temporary name is this process's own, so processes sharing a folder never mix their writes."""
+    tmp = Path(f"{path}.{socket.gethostname()}-{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(obj, path):
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+# ---------------------------------------------------------------------------- one job
+
+
+def run_job(cfg, corpus, fold, seed, job_dir, audio_cache):
+    """Train on fold `fold`'s training part with seed `seed`, validate, test the best epoch;
+    returns the job's metrics, also written as metrics.json in job_dir (on rank 0).
+
+    With cfg.resume a job interrupted earlier continues from its last finished epoch (state.pt)
+    and ends with the same numbers as an uninterrupted one. Under torchrun every rank calls this
+    with the same job; rank 0 alone writes files, validates and tests.
+    """
+    job_dir = Path(job_dir)
+    metrics_path, state_path, best_path = job_dir / "metrics.json", job_dir / "state.pt", job_dir / "best.safetensors"
+    rank, size = world()
+    device = torch.device(cfg.device)
+    classes, name = corpus.classes, f"fold {fold} seed {seed}"
+    key = (seed, corpus.fold_number(fold))  # every draw of the job derives from it
+    cfg = dataclasses.replace(cfg, seed=seed)
+
+    split = corpus.split(fold, seed=seed, val_fraction=cfg.val_fraction)
+    train = split["train"]
+    if cfg.shuffle_labels:  # the negative control: sound and label no longer belong together
+        labels = np.random.default_rng(derive_seed(*key, 0, 4)).permutation([u.label for u in train])
+        train = [dataclasses.replace(u, label=str(lab)) for u, lab in zip(train, labels)]
+    make = lambda utts, aug: iemocap.UtteranceDataset(utts, classes, max_len=cfg.max_len, augment=aug, cache=audio_cache,
+                                                      seed=derive_seed(*key))
+    pairs = TrainPairs(train, make(train, cfg.augment), cfg, key)
+    if cfg.padding == "dynamic":  # scores do not depend on order; like lengths together pad less
+        for part in ("val", "test"):
+            split[part] = sorted(split[part], key=lambda u: u.duration)
+    eval_loader = lambda utts: DataLoader(make(utts, "none"), batch_size=cfg.batch_size, num_workers=cfg.workers,
+                                          collate_fn=partial(collate_eval, cfg=cfg))
+    val_loader = eval_loader(split["val"]) if split["val"] else None
+    test_loader = eval_loader(split["test"])
+
+    model = build_model(cfg, len(classes), derive_seed(*key, 0, 3)).to(device)
+    if rank == 0:
+        iemocap.write_split(split, job_dir / "split")
+        # what predict.py needs to rebuild this model without the hub or the pretrained weights
+        write_json(dict(model=model.spec(), classes=list(classes), sample_rate=iemocap.SAMPLE_RATE,
+                        max_len=cfg.max_len, padding=cfg.padding, fold=fold, seed=seed), job_dir / "model.json")
+    center_loss = CenterLoss(len(classes), model.f0.out_features).to(device)  # Eq. 5
+    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=device.type == "cuda")  # fused: same maths, one kernel
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam)
+    opt_c = torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam)
+    decay = lambda e: cfg.lr_decay ** min(e, cfg.lr_decay_epochs)  # Sec. 3.2: /1.25 per epoch until the 20th
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+    sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    es = dict(epoch=0, best_wa=-1.0, best_epoch=0, bad_epochs=0, history=[])
+
+    if state_path.exists():  # weights_only: a run folder may come from someone else
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        center_loss.load_state_dict(state["center"])
+        for obj, k in [(opt, "opt"), (opt_c, "opt_c"), (sched, "sched"), (sched_c, "sched_c"), (scaler, "scaler")]:
+            obj.load_state_dict(state[k])
+        es = json.loads(state["es"])
+        if rank == 0:
+            print(f"{name}: resumed after epoch {es['epoch']}")
+    net = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
+
+    for epoch in range(es["epoch"] + 1, cfg.epochs + 1):
+        torch.manual_seed(derive_seed(*key, epoch, 5, rank))  # dropout
+        pairs.set_epoch(epoch)
+        parts = rank_batches(pairs.batches(cfg.batch_size, cfg.padding == "dynamic"), rank, size)
+        loader = DataLoader(pairs, batch_sampler=[p for p, _ in parts], num_workers=cfg.workers,
+                            collate_fn=partial(collate_train, cfg=cfg), pin_memory=device.type == "cuda")
+        net.train()
+        t0, audio_seconds, sums = time.time(), torch.zeros(1), np.zeros(3)
+        bar = tqdm(loader, desc=f"{name} epoch {epoch}", leave=False, dynamic_ncols=True,
+                   disable=None if rank == 0 else True)  # disable=None: bars only on a terminal, not in logs
+        for batch, (_, weight) in zip(bar, parts):
+            if weight:  # real audio, no padding
+                audio_seconds += torch.maximum(batch[3], batch[4]).sum() / iemocap.SAMPLE_RATE
+            step = train_step(net, center_loss, opt, opt_c, scaler, batch, cfg, device, len(classes), weight,
+                              where=f"{name} epoch {epoch}")
+            sums += step
+            bar.set_postfix(loss=f"{sums[0] / (bar.n + 1):.3f}")
+        if size > 1:
+            dist.all_reduce(audio_seconds)
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        sched_c.step()
+        seconds = time.time() - t0
+
+        val = None
+        if val_loader:  # rank 0 validates, as one process would; the others wait for its verdict
+            val = broadcast(evaluate(model, val_loader, cfg, device, f"{name} validate", classes) if rank == 0 else None)
+        improved = val is None or val["wa"] > es["best_wa"]  # without validation (Sec. 3.3) the last epoch is kept
+        if improved:
+            es.update(best_wa=val["wa"] if val else 0.0, best_epoch=epoch, bad_epochs=0)
+            if rank == 0:
+                best = {**model.state_dict(), **{f"center_loss.{k}": v for k, v in center_loss.state_dict().items()}}
+                atomic_write(best_path, lambda tmp: save_file({k: v.contiguous() for k, v in best.items()}, tmp))
+        else:
+            es["bad_epochs"] += 1
+        mean = (sums / len(parts)).tolist()
+        row = dict(epoch=epoch, loss=mean[0], l_r=mean[1], l_c=mean[2], lr=lr, val_wa=val and val["wa"],
+                   val_ua=val and val["ua"], seconds=seconds, audio_per_s=audio_seconds.item() / seconds)
+        es["history"].append(row)
+        es["epoch"] = epoch
+        if rank == 0:
+            state = dict(model=model.state_dict(), center=center_loss.state_dict(), opt=opt.state_dict(),
+                         opt_c=opt_c.state_dict(), sched=sched.state_dict(), sched_c=sched_c.state_dict(),
+                         scaler=scaler.state_dict(), es=json.dumps(es))
+            atomic_write(state_path, partial(torch.save, state))
+            print(f"{name} epoch {epoch:3d}  loss {row['loss']:.4f} (L_r {row['l_r']:.4f}, L_c {row['l_c']:.2f})  "
+                  + (f"val WA {val['wa']:.4f} UA {val['ua']:.4f}  " if val else "")
+                  + f"lr {lr:.2e}  {seconds:.0f} s  {row['audio_per_s']:.0f} audio-s/s" + ("  *" if improved and val else ""),
+                  flush=True)
+        if es["bad_epochs"] >= cfg.patience:
+            if rank == 0:
+                print(f"{name}: early stop, no better validation WA for {cfg.patience} epochs")
+            break
+
+    if rank != 0:
+        return None
+    # Sec. 3.4: "evaluating the best model" - reload it (the authors' script tested the last epoch: BACKGROUND.md, bug 2)
+    best = load_file(best_path, device=str(device))
+    model.load_state_dict({k: v for k, v in best.items() if not k.startswith("center_loss.")})
+    test = evaluate(model, test_loader, cfg, device, f"{name} test", classes)
+    metrics = dict(fold=fold, seed=seed, wa=test["wa"], ua=test["ua"], recall=test["recall"], confusion=test["confusion"],
+                   classes=list(classes), best_epoch=es["best_epoch"], best_val_wa=es["best_wa"] if val_loader else None,
+                   n_train=len(train), n_val=len(split["val"]), n_test=len(split["test"]), history=es["history"])
+    write_json(metrics, metrics_path)
+    state_path.unlink()
+    if cfg.no_save:
+        best_path.unlink()
+    print(f"{name}: test WA {test['wa']:.4f} UA {test['ua']:.4f} (best epoch {es['best_epoch']})", flush=True)
+    return metrics
+
+
+# ---------------------------------------------------------------------------- where it runs
+
+
+def resolve_device(cfg):
+    """cfg.device and cfg.precision made concrete. A real run (not --demo) that finds no GPU stops:
+    HuBERT-Large on a CPU takes days. --device cpu runs it anyway."""
+    if not cfg.device:
+        if not torch.cuda.is_available() and not cfg.demo:
+            cuda = torch.version.cuda or "none (a CPU-only build)"
+            raise UserError(f"no GPU found (torch {torch.__version__}, built for CUDA {cuda}, "
+                            f"torch.cuda.is_available() is False): a run on the CPU takes days; "
+                            "pass --device cpu to run it there anyway")
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.precision == "auto":
+        bf16 = cfg.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        cfg.precision = "bf16" if bf16 else "fp32"
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpu = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        cpu = cpu.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu} ({os.cpu_count()} cores)"
+
+
+def environment(cfg):
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+        except OSError:
+            return ""
+    import sklearn
+    import transformers
+    return dict(git_commit=git("rev-parse", "HEAD"), git_dirty=bool(git("status", "--porcelain", "--untracked-files=no")),
+                python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+                sklearn=sklearn.__version__, numpy=np.__version__, world_size=world()[1],
+                device_name=device_name(torch.device(cfg.device)))
+
+
+def guarded(fn, *args):
+    """Run fn; bad input and known failures end as one line on stderr (from one process under
+    torchrun) and a non-zero exit status."""
+    say = (lambda m: print(m, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda m: None)
+    try:
+        return fn(*args)
+    except (UserError, IemocapError, BackboneError) as e:
+        say(f"error: {e}")
+        return 2
+    except FloatingPointError as e:
+        say(f"error: {e}")
+        return 1
+    except torch.OutOfMemoryError:
+        say("error: out of GPU memory: try --padding dynamic, or a larger --grad-accum (the same batch in "
+            "smaller pieces), then --resume with the same --out")
+        return 1
+    except KeyboardInterrupt:
+        say("\ninterrupted: continue with --resume and the same --out")
+        return 130
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
