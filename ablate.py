@@ -1,25 +1,39 @@
-"""The paper's ablations (Fig. 2, Table 1, Table 2), each cell trained by reproduce.py's own loop.
+"""The paper's ablations (Fig. 2, Table 1, Table 2) over folds and seeds, each cell compared
+with a reference cell on paired jobs; every job trained by train.run_job, reproduce.py's own.
 
     python ablate.py --layers 12 22                       # Fig. 2   (Sec. 3.3 protocol)
     python ablate.py --dropout 0 0.1 0.2 0.3 0.4 0.5      # Table 1  (Sec. 3.3 protocol)
     python ablate.py --table2                             # Table 2  (Sec. 3.4 protocol)
+    python ablate.py --table2 --folds all --seeds 3       # ... on every fold, 3 seeds: which claims survive?
     python ablate.py --pooling first avg --mixup none adaptive --center-weight 0 0.002   # any grid
+    python ablate.py --hubert facebook/hubert-large-ll60k microsoft/wavlm-large --layers 12   # backbones
 
-Every cell trains on sessions 1-4 and tests on session 5. Sec. 3.3: exactly 5
-epochs, no validation set, the last epoch tested. Sec. 3.4: 10% of sessions 1-4
-held out, early stopping with patience 10, the best epoch tested.
+The paper trains on sessions 1-4 and tests on session 5 (--folds 5, the default); --folds all
+runs every cell on the five leave-one-session-out folds. Sec. 3.3: exactly 5 epochs, no
+validation, the last epoch tested. Sec. 3.4: 10% validation, early stopping (patience 10), the
+best epoch tested. Each cell is a run folder (OUT/<cell>/, as reproduce.py writes) and each
+(cell, fold, seed) one job: claimable by concurrent processes, listed by --list-jobs, trainable
+under torchrun, never rerun once finished.
 """
 import csv
 import itertools
+import json
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
-from reproduce import Config, UserError, config_parser, guarded, load_corpus, make_config, resolve_device, run_fold, write_config
+import corpus as corpora
+import iemocap
+import runs
+import stats
+from train import (Config, UserError, broadcast, check_backbone, check_config, check_out, config_parser, guarded,
+                   init_distributed, make_config, resolve_device, run_job, world)
 
-SWEEPS = ["layers", "dropout", "pooling", "mixup", "center_weight"]  # flags that take a list of values
+SWEEPS = ["hubert", "layers", "dropout", "pooling", "mixup", "center_weight"]  # flags that take a list of values
 
 # Sec. 3.3 trains the bare model: Table 1's 0.4 row equals Table 2's row 2 (first frame, no mixup, no center loss).
 PROTOCOL_33 = dict(epochs=5, val_fraction=0.0, mixup="none", center_weight=0.0, augment="none")
@@ -34,12 +48,16 @@ TABLE2 = [dict(pooling="avg", mixup="none", center_weight=0.0),
           dict(pooling="first", mixup="adaptive", center_weight=0.001),
           dict(pooling="first", mixup="adaptive", center_weight=0.002)]
 TABLE2_PAPER = [(70.91, 71.80), (70.99, 72.83), (70.83, 74.06), (73.97, 75.03), (74.54, 76.20), (74.21, 75.99), (74.86, 76.31)]
+TABLE2_REFERENCE = 3  # conventional mixup: the rows below it answer the claim of Sec. 3.4
 TABLE1_PAPER = {0.0: (69.46, 70.66), 0.1: (69.94, 70.49), 0.2: (69.46, 70.41),
                 0.3: (70.59, 70.61), 0.4: (70.99, 72.83), 0.5: (61.97, 67.35)}  # 22 layers
+METRICS = ("wa", "ua")
 
 
 def paper_numbers(cell, protocol):
     """(WA, UA) in % that the paper reports for this cell, or None (Fig. 2 gives no numbers)."""
+    if "hubert" in cell:
+        return None
     if protocol == "3.3" and cell.get("layers", 22) == 22 and "dropout" in cell:
         return TABLE1_PAPER.get(cell["dropout"])
     if protocol == "3.4":
@@ -49,8 +67,9 @@ def paper_numbers(cell, protocol):
 
 
 def cells(args):
-    """The cells to train, as dicts of the swept settings, and the protocol they follow."""
-    if args.pop("table2"):
+    """The cells to train, as dicts of the swept settings, the protocol they follow and the reference cell."""
+    table2 = args.pop("table2")
+    if table2:
         for k in SWEEPS:  # settings Table 2 does not vary may be fixed, one value each (e.g. --layers 12)
             if k in args:
                 if k in TABLE2[0] or len(args[k]) > 1:
@@ -61,103 +80,276 @@ def cells(args):
     else:
         swept = {k: args.pop(k) for k in SWEEPS if k in args}
         if not swept:
-            raise UserError("nothing to sweep: give --layers, --dropout, --pooling, --mixup or --center-weight "
+            raise UserError("nothing to sweep: give --hubert, --layers, --dropout, --pooling, --mixup or --center-weight "
                             "(each takes a list), or --table2")
         grid = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
-        protocol = "3.3" if set(swept) <= {"layers", "dropout"} else "3.4"
+        # Sec. 3.3 for the model's own settings (a backbone sweep follows whichever else is swept)
+        protocol = "3.3" if set(swept) - {"hubert"} and set(swept) <= {"layers", "dropout", "hubert"} else "3.4"
     if protocol == "3.4" and "augment" not in args:  # Table 2: rows with mixup also use the augmentation chain
         for c in grid:
             c["augment"] = "none" if c.get("mixup", Config.mixup) == "none" else Config.augment
-    return grid, protocol
+    names = [cell_name(c) for c in grid]
+    reference = args.pop("reference", None)
+    if reference is None:
+        ref = TABLE2_REFERENCE - 1 if table2 else 0
+    elif reference.isdigit() and 1 <= int(reference) <= len(grid):
+        ref = int(reference) - 1
+    elif reference in names:
+        ref = names.index(reference)
+    else:
+        raise UserError(f"--reference {reference}: name a cell ({', '.join(names)}) or its row, 1..{len(grid)}")
+    return grid, protocol, ref
 
 
 def cell_name(cell):
-    return "_".join(f"{k}-{v}" for k, v in cell.items()) or "default"
+    """The cell's folder: its swept settings, e.g. layers-12 or pooling-first_mixup-adaptive."""
+    return "_".join(f"{k}-{re.sub(r'[^A-Za-z0-9.+-]+', '.', str(v)).strip('.')}" for k, v in cell.items()) or "default"
 
 
 def run(args):
-    seeds = args.pop("seeds")
-    grid, protocol = cells(args)
+    given = dict(args)
+    grid, protocol, ref = cells(args)
+    list_jobs, job_filter, folds_arg = args.pop("list_jobs"), args.pop("job", None), args.pop("folds")
     protocol_settings = PROTOCOL_33 if protocol == "3.3" else PROTOCOL_34
-    base = make_config(protocol_settings, args)
-    resolve_device(base)
-    out = Path(base.out or Path("runs") / time.strftime("ablate-%Y%m%d-%H%M%S"))
-    utterances = load_corpus(base)
-    cache = {}  # decoded audio shared by every cell
-    print(f"ablation folder {out}  |  Sec. {protocol} protocol  |  {len(grid)} cells x {seeds} seeds  |  "
-          f"train on sessions 1-4, test on session 5", flush=True)
+    configs = [make_config(protocol_settings, args, cell) for cell in grid]
+    for cfg in configs:
+        check_config(cfg)
+    base = configs[0]
+    if base.resume and not base.out or list_jobs and not base.out:
+        raise UserError("--resume and --list-jobs need the --out folder of the ablation")
+    corpus = corpora.load(base)
+    for cfg in configs:
+        check_backbone(cfg)
+    folds = corpus.folds if folds_arg == ["all"] else folds_arg
+    for fold in folds:
+        if fold not in corpus.folds:
+            raise UserError(f"--folds {' '.join(folds_arg)}: {fold} is not a fold of {corpus.name} ({', '.join(corpus.folds)})")
+    seeds = range(base.seed, base.seed + base.seeds)
+    jobs = [(c, runs.Job(f, s)) for c in range(len(grid)) for s in seeds for f in folds]
+    name = lambda c, job: f"{cell_name(grid[c])}/{job.name}"
+    mine = jobs if job_filter is None else [j for j in jobs if name(*j) == job_filter]
+    if not mine:
+        raise UserError(f"--job {job_filter}: not a job of this ablation (e.g. {name(*jobs[0])})")
+    out = Path(base.out) if base.out else None
+    if list_jobs:
+        check_out(out)
+        todo = [j for j in mine if not (out / name(*j) / "metrics.json").exists()]
+        for line in runs.command_lines(__file__, given, out, [name(*j) for j in todo]):
+            print(line)
+        print(f"{len(todo)} of {len(mine)} jobs unfinished in {out}", file=sys.stderr)
+        return 0
 
-    rows = []
-    for cell in grid:
-        results = []
-        for seed in range(base.seed, base.seed + seeds):
-            cell_dir = out / cell_name(cell) / f"seed{seed}"
-            cfg = make_config(protocol_settings, args, cell, dict(seed=seed, fold="5", out=str(cell_dir),
-                                                                  device=base.device, precision=base.precision))
-            write_config(cfg, cell_dir)
-            print(f"--- {cell_name(cell)}, seed {seed}", flush=True)
-            results.append(run_fold(cfg, 5, cell_dir / "fold5", utterances, audio_cache=cache))
-        wa, ua = 100 * np.array([r["wa"] for r in results]), 100 * np.array([r["ua"] for r in results])
-        rows.append(dict(cell=cell, wa=wa, ua=ua, paper=paper_numbers(cell, protocol)))
-        report(rows, protocol, seeds, out)
+    init_distributed(base)
+    rank, size = world()
+    resolve_device(base)
+    out = Path(broadcast(str(out or Path("runs") / time.strftime("ablate-%Y%m%d-%H%M%S"))))
+    check_out(out)
+    for c, cfg in enumerate(configs):
+        cfg.device, cfg.precision, cfg.out = base.device, base.precision, str(out / cell_name(grid[c]))
+        runs.check_settings(cfg, cfg.out)
+    cache = iemocap.decode(corpus.utterances)  # a broken wav stops here, before anything is written
+    if rank == 0:
+        for c, cfg in enumerate(configs):
+            runs.write_config(cfg, cfg.out, corpus)
+        for c, job in jobs:
+            (out / name(c, job)).mkdir(parents=True, exist_ok=True)
+        print(f"ablation folder {out}  |  Sec. {protocol} protocol  |  {len(grid)} cells x folds {', '.join(folds)} x "
+              f"{len(seeds)} seeds = {len(jobs)} jobs  |  reference: {cell_name(grid[ref])}", flush=True)
+    if size > 1:
+        dist.barrier()
+
+    def train(cj):
+        c, job = cj
+        if rank == 0:
+            print(f"--- {name(c, job)}", flush=True)
+        run_job(configs[c], corpus, job.fold, job.seed, out / name(c, job), cache)
+
+    trained = []
+
+    def finished(job):
+        trained.append(job)
+        print(report(grid, protocol, ref, out), flush=True)
+
+    skipped = runs.work([(out / name(*j), j) for j in mine], base.resume, train, finished)
+    if rank != 0:
+        return 0
+    for job_dir, _, why in skipped:
+        print(f"{Path(job_dir).relative_to(out)}: {why}", file=sys.stderr)
+    if not trained:  # every job was finished earlier, or is someone else's: the report as it stands
+        print(report(grid, protocol, ref, out), flush=True)
     print(f"results in {out / 'ablation.md'}")
+    if any(kind == "interrupted" for _, kind, _ in skipped):
+        raise UserError(f"interrupted jobs left alone: rerun with --resume and --out {out}")
     return 0
 
 
-def report(rows, protocol, seeds, out):
-    """ablation.md (printed too), ablation.csv and, for a layer sweep, Fig. 2 as ablation_layers.png."""
-    keys = list(dict.fromkeys(k for r in rows for k in r["cell"]))
-    fmt = (lambda a: f"{a.mean():.2f} +/- {a.std():.2f}") if seeds > 1 else (lambda a: f"{a.mean():.2f}")
-    lines = ["| " + " | ".join(keys + ["WA (%)", "UA (%)", "paper WA (%)", "paper UA (%)"]) + " |",
-             "|---" * (len(keys) + 4) + "|"]
+# ---------------------------------------------------------------------------- the report
+
+
+def cell_results(out, cell):
+    """{(fold, seed): metrics} of the cell's finished jobs."""
+    done = {}
+    for path in (out / cell_name(cell)).glob("fold*/seed*/metrics.json"):
+        m = json.loads(path.read_text())
+        done[m["fold"], m["seed"]] = m
+    return done
+
+
+def compare(rows, ref):
+    """Per cell: mean, std and t-interval over its jobs; the paired difference to the reference
+    cell over the (fold, seed) pairs both have, its bootstrap interval and sign-flip p."""
     for r in rows:
+        for m in METRICS:
+            x = [100 * j[m] for j in r["done"].values()]
+            r[m] = dict(mean=float(np.mean(x)) if x else None, std=stats.std(x), ci=stats.t_interval(x))
+            pairs = sorted(set(r["done"]) & set(rows[ref]["done"]))
+            d = [100 * (r["done"][p][m] - rows[ref]["done"][p][m]) for p in pairs]
+            r[f"d_{m}"] = dict(mean=float(np.mean(d)) if d else None, n=len(d),
+                               ci=stats.bootstrap_interval(d) if d else None, p=stats.sign_flip_p(d) if d else None)
+    return rows
+
+
+def report(grid, protocol, ref, out):
+    """ablation.md (returned, to print), ablation.csv, ablation.png (scores per cell; for --layers,
+    Fig. 2) and ablation_diff.png (the paired differences to the reference, a forest plot).
+    Serialised by flock(2) on OUT/.report.lock, as runs.summarise."""
+    import fcntl
+    with open(out / ".report.lock", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        rows = compare([dict(cell=c, done=cell_results(out, c), paper=paper_numbers(c, protocol)) for c in grid], ref)
+        table = markdown(rows, protocol, ref)
+        runs.atomic_write(out / "ablation.md", lambda tmp: tmp.write_text(table))
+        write_csv(rows, out / "ablation.csv")
+        if any(r["done"] for r in rows):
+            plot_cells(rows, out / "ablation.png", protocol)
+            plot_differences(rows, ref, out / "ablation_diff.png")
+    return table
+
+
+def fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(rows, protocol, ref):
+    keys = list(dict.fromkeys(k for r in rows for k in r["cell"]))
+    folds = sorted({f for r in rows for f, _ in r["done"]}, key=runs.fold_key)
+    seeds = sorted({s for r in rows for _, s in r["done"]})
+    head = keys + ["jobs", "WA (%)", "UA (%)", "paper WA", "paper UA", "ΔWA vs ref", "ΔUA vs ref"]
+    lines = [f"Sec. {protocol} protocol"
+             + (": exactly 5 epochs, no validation, the last epoch tested" if protocol == "3.3"
+                else ": 10% validation, early stopping, the best epoch tested")
+             + f"; folds {', '.join(folds) or '-'} x seeds {', '.join(map(str, seeds)) or '-'}. "
+             f"Reference: row {ref + 1} ({cell_name(rows[ref]['cell'])}).", "",
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for i, r in enumerate(rows):
+        score = lambda m: fmt(r[m]["mean"]) + ("" if r[m]["std"] is None else
+                                              f" ± {fmt(r[m]['std'])} [{fmt(r[m]['ci'][0])}, {fmt(r[m]['ci'][1])}]")
+        diff = lambda m: ("(reference)" if i == ref else "-" if r[f"d_{m}"]["mean"] is None else
+                          f"{r[f'd_{m}']['mean']:+.2f} [{r[f'd_{m}']['ci'][0]:+.2f}, {r[f'd_{m}']['ci'][1]:+.2f}] "
+                          f"p={r[f'd_{m}']['p']:.3g}")
         paper = r["paper"] or ("-", "-")
-        lines.append("| " + " | ".join([str(r["cell"].get(k, "")) for k in keys] + [fmt(r["wa"]), fmt(r["ua"])]
-                                       + [str(p) for p in paper]) + " |")
-    note = (f"Sec. {protocol} protocol: train on sessions 1-4, test on session 5"
-            + (", exactly 5 epochs, no validation" if protocol == "3.3" else ", 10% validation, early stopping")
-            + (f"; mean +/- std over {seeds} seeds" if seeds > 1 else "") + ".")
-    table = note + "\n\n" + "\n".join(lines) + "\n"
-    (out / "ablation.md").write_text(table)
-    print(table, flush=True)
-    with open(out / "ablation.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys + ["wa_mean", "wa_std", "ua_mean", "ua_std", "seeds", "paper_wa", "paper_ua"])
-        for r in rows:
-            paper = r["paper"] or ("", "")
-            w.writerow([r["cell"].get(k, "") for k in keys] + [f"{r['wa'].mean():.4f}", f"{r['wa'].std():.4f}",
-                        f"{r['ua'].mean():.4f}", f"{r['ua'].std():.4f}", len(r["wa"]), *paper])
-    layers = [r for r in rows if set(r["cell"]) == {"layers"}]
-    if len(layers) >= 2:
-        plot_layers(layers, out / "ablation_layers.png")
+        lines.append("| " + " | ".join([str(r["cell"].get(k, "")) for k in keys] + [str(len(r["done"])), score("wa"),
+                                        score("ua"), str(paper[0]), str(paper[1]), diff("wa"), diff("ua")]) + " |")
+    lines += ["", "Scores: mean ± std over the cell's (fold, seed) jobs [Student-t 95 % interval]. Δ: mean paired "
+              "difference to the reference over the jobs both cells have (same fold and seed: same split, "
+              "initialisation and draws), in points, [bootstrap 95 % interval, 10,000 resamples of the pairs], "
+              "two-sided sign-flip permutation p (exact up to 16 pairs). With one pair the interval is a point and "
+              "p = 1: repeat with --seeds or --folds all."]
+    return "\n".join(lines) + "\n"
 
 
-def plot_layers(rows, path):
-    """Fig. 2: WA and UA against the number of transformer layers kept."""
+def write_csv(rows, path):
+    keys = list(dict.fromkeys(k for r in rows for k in r["cell"]))
+    cols = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "lo", "hi")]
+    cols += [c for m in METRICS for c in (f"d_{m}", f"d_{m}_lo", f"d_{m}_hi", f"p_{m}")]
+
+    def values(r):
+        v = {}
+        for m in METRICS:
+            ci = r[m]["ci"] or [None, None]
+            v.update({f"{m}_mean": r[m]["mean"], f"{m}_std": r[m]["std"], f"{m}_lo": ci[0], f"{m}_hi": ci[1]})
+            d = r[f"d_{m}"]
+            dci = d["ci"] or [None, None]
+            v.update({f"d_{m}": d["mean"], f"d_{m}_lo": dci[0], f"d_{m}_hi": dci[1], f"p_{m}": d["p"]})
+        return [("" if v[c] is None else f"{v[c]:.4f}") for c in cols]
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(keys + cols + ["jobs", "paper_wa", "paper_ua"])
+            for r in rows:
+                w.writerow([r["cell"].get(k, "") for k in keys] + values(r) + [len(r["done"]), *(r["paper"] or ("", ""))])
+    runs.atomic_write(path, write)
+
+
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = sorted(rows, key=lambda r: r["cell"]["layers"])
-    k = [r["cell"]["layers"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for metric in ("wa", "ua"):
-        mean, std = np.array([r[metric].mean() for r in rows]), np.array([r[metric].std() for r in rows])
-        ax.errorbar(k, mean, yerr=std if len(rows[0][metric]) > 1 else None, marker="o", capsize=3, label=metric.upper())
-    ax.set(xlabel="self-attention layers kept", ylabel="%", title="Fig. 2: layers (Sec. 3.3, test on session 5)")
-    ax.set_xticks(k)
+    return plt
+
+
+def plot_cells(rows, path, protocol):
+    """WA and UA of each cell, mean ± std over its jobs. A sweep of --layers alone is Fig. 2."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["done"]]
+    numeric = len(rows[0]["cell"]) == 1 and all(isinstance(v, (int, float)) for r in rows for v in r["cell"].values())
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 3.8), layout="constrained")
+    if numeric:
+        rows = sorted(rows, key=lambda r: next(iter(r["cell"].values())))
+        x, key = [next(iter(r["cell"].values())) for r in rows], next(iter(rows[0]["cell"]))
+        ax.set_xticks(x)
+        ax.set_xlabel({"layers": "self-attention layers kept"}.get(key, key))
+    else:
+        x = np.arange(len(rows))
+        ax.set_xticks(x, [cell_name(r["cell"]).replace("_", "\n") for r in rows], fontsize=7)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+    for m, shift in zip(METRICS, (-0.08, 0.08)):
+        mean = [r[m]["mean"] for r in rows]
+        err = [r[m]["std"] or 0 for r in rows]
+        ax.errorbar(np.asarray(x, dtype=float) + (0 if numeric else shift), mean, yerr=err, marker="o", capsize=3,
+                    ls="-" if numeric else "none", label=m.upper())
+    jobs = sorted({len(r["done"]) for r in rows})
+    title = "Fig. 2: layers" if numeric and "layers" in rows[0]["cell"] else "cells"
+    ax.set(ylabel="%", title=f"{title} (Sec. {protocol} protocol; mean ± std over {'/'.join(map(str, jobs))} jobs)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runs.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_differences(rows, ref, path):
+    """Forest plot: each cell's mean paired difference to the reference with its bootstrap interval."""
+    plt = _pyplot()
+    others = [r for i, r in enumerate(rows) if i != ref and r["d_wa"]["mean"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * max(len(others), 1) + 1.6), sharey=True, layout="constrained")
+    y = np.arange(len(others))[::-1]
+    for ax, m in zip(axes, METRICS):
+        d = [r[f"d_{m}"] for r in others]
+        mean = np.array([e["mean"] for e in d])
+        lo, hi = np.array([e["ci"][0] for e in d]), np.array([e["ci"][1] for e in d])
+        ax.errorbar(mean, y, xerr=[mean - lo, hi - mean], fmt="o", capsize=3)
+        for yi, e in zip(y, d):
+            ax.annotate(f"p={e['p']:.2g}", (e["ci"][1], yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set(xlabel=f"Δ{m.upper()} vs {cell_name(rows[ref]['cell'])} (points)")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(y, [cell_name(r["cell"]) for r in others], fontsize=8)
+    fig.suptitle("paired differences to the reference: mean [bootstrap 95 % interval]", fontsize=10)
+    runs.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
 def main(argv=None):
     p = config_parser(__doc__.split("\n\n")[0], sweep=SWEEPS, skip={"fold"})
     p.add_argument("--table2", action="store_true", help="the seven rows of Table 2 (Sec. 3.4 protocol)")
-    p.add_argument("--seeds", type=int, default=1, help="repeats per cell: --seed, --seed+1, ...")
-    args = vars(p.parse_args(argv))
-    return guarded(run, args)
+    p.add_argument("--folds", nargs="+", default=["5"], metavar="K",
+                   help="folds each cell runs on: 5 (the paper's: test on session 5), all, or a list (default: 5)")
+    p.add_argument("--reference", metavar="CELL", help="the cell every other is compared with, by folder name or row "
+                   f"number (default: the first cell; with --table2 row {TABLE2_REFERENCE}, conventional mixup)")
+    p.add_argument("--list-jobs", action="store_true", help="print one complete shell command per unfinished job and exit")
+    p.add_argument("--job", metavar="CELL/foldK/seedS", help="train only this job (what --list-jobs lines do)")
+    return guarded(run, vars(p.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,6 @@ and tests on session k (Sec. 3.1). Each (fold, seed) is one job with its own fol
 --out; any number of processes may share a run (see runs.py). Every default below is what the
 authors ran (README, "Differences from the authors' script").
 """
-import json
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,12 +21,8 @@ import corpus as corpora
 import iemocap
 import runs
 from runs import Job
-from train import (RUN_ONLY, UserError, broadcast, check_backbone, check_config, check_out, config_parser, environment, flag,
-                   guarded, init_distributed, make_config, resolve_device, run_job, world)
-
-# flags whose value is a path: --list-jobs writes them absolute, so its lines run from any folder
-PATHS = {"iemocap", "demo_corpus", "hubert", "out"}
-
+from train import (UserError, broadcast, check_backbone, check_config, check_out, config_parser, guarded,
+                   init_distributed, make_config, resolve_device, run_job, world)
 
 def parser():
     p = config_parser(__doc__.split("\n\n")[0])
@@ -46,50 +39,6 @@ def folds_of(cfg, corpus):
     if cfg.fold not in corpus.folds:
         raise UserError(f"--fold {cfg.fold}: must be one of {', '.join(corpus.folds)} or all")
     return [cfg.fold]
-
-
-def write_config(cfg, out, corpus):
-    """config.json, written once (atomically, by whichever process comes first): the settings,
-    the corpus and where they ran. A process whose settings differ is refused."""
-    path = Path(out) / "config.json"
-    resolved = dict(config=vars(cfg).copy(), corpus=dict(name=corpus.name, classes=list(corpus.classes),
-                                                          paper=corpus.paper), environment=environment(cfg))
-    Path(out).mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_name(f"config.json.{runs.HOST}-{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(resolved, indent=2) + "\n")
-        try:
-            os.link(tmp, path)  # atomic, and fails if another process wrote it first
-        except FileExistsError:
-            pass
-        tmp.unlink()
-    check_settings(cfg, out)
-
-
-def check_settings(cfg, out):
-    """Refuse a run folder whose config.json holds other settings than cfg (run-only fields aside)."""
-    path = Path(out) / "config.json"
-    if not path.exists():
-        return
-    saved = json.loads(path.read_text())["config"]
-    changed = [k for k, v in vars(cfg).items() if k not in RUN_ONLY and saved.get(k) != v and
-               not (k == "precision" and v == "auto")]
-    if changed:
-        shown = ", ".join(f"{flag(k)} {saved.get(k)} there, {getattr(cfg, k)} here" for k in changed)
-        raise UserError(f"{out} holds a run with other settings ({shown}): choose another --out")
-
-
-def job_lines(given, out, jobs):
-    """One complete shell command per job: the given settings, absolute paths, --job and --resume."""
-    head = [sys.executable, str(Path(__file__).absolute())]
-    for k, v in given.items():
-        if k in ("out", "resume", "list_jobs", "summary", "job"):
-            continue
-        if isinstance(v, bool):
-            head += [flag(k)] if v else []
-        else:
-            head += [flag(k), str(Path(v).absolute()) if k in PATHS and Path(v).exists() else str(v)]
-    return [shlex.join(head + ["--out", str(Path(out).absolute()), "--job", job.name, "--resume"]) for job in jobs]
 
 
 def run(cfg, given):
@@ -114,9 +63,9 @@ def run(cfg, given):
             raise UserError(f"--job {given['job']}: not a job of this run ({jobs[0].name} .. {jobs[-1].name})")
     if given.get("list_jobs"):
         check_out(out)
-        check_settings(cfg, out)
+        runs.check_settings(cfg, out)
         todo = [j for j in mine if not (out / j.name / "metrics.json").exists()]
-        for line in job_lines(given, out, todo):
+        for line in runs.command_lines(__file__, given, out, [j.name for j in todo]):
             print(line)
         print(f"{len(todo)} of {len(mine)} jobs unfinished in {out}", file=sys.stderr)
         return 0
@@ -127,10 +76,10 @@ def run(cfg, given):
     out = Path(broadcast(str(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))))
     cfg.out = str(out)
     check_out(out)
-    check_settings(cfg, out)
+    runs.check_settings(cfg, out)
     cache = iemocap.decode(corpus.utterances)  # a broken wav stops the run here, before anything is written
     if rank == 0:
-        write_config(cfg, out, corpus)
+        runs.write_config(cfg, out, corpus)
         for job in jobs:  # registered: the summary counts every job of the run, started or not
             (out / job.name).mkdir(parents=True, exist_ok=True)
         print(f"run folder {out}  |  {corpus.name}: {len(corpus.utterances)} utterances, {len(corpus.classes)} classes  |  "

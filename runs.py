@@ -14,7 +14,9 @@ held from another host is never taken over: the user removes it.
 import fcntl
 import json
 import os
+import shlex
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +24,12 @@ from pathlib import Path
 import numpy as np
 
 import stats
-from train import UserError, atomic_write, broadcast, world, write_json
+from train import RUN_ONLY, UserError, atomic_write, broadcast, environment, flag, world, write_json
 
 HOST = socket.gethostname()
 PAPER = {"wa": 0.7537, "ua": 0.7604}  # Table 3, "Proposed": one run of the five folds
+# flags whose value is a path: --list-jobs writes them absolute
+PATHS = {"iemocap", "demo_corpus", "hubert", "manifest", "audio_root"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,54 @@ def jobs_on_disk(run):
         if d.is_dir() and d.name[4:].isdigit():
             found.append(Job(d.parent.name[4:], int(d.name[4:])))
     return found
+
+
+# ---------------------------------------------------------------------------- a run's settings
+
+
+def write_config(cfg, out, corpus):
+    """config.json, written once (atomically, by whichever process comes first): the settings,
+    the corpus and where they ran. A process whose settings differ is refused."""
+    path = Path(out) / "config.json"
+    resolved = dict(config=vars(cfg).copy(), corpus=dict(name=corpus.name, classes=list(corpus.classes),
+                                                          paper=corpus.paper), environment=environment(cfg))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_name(f"config.json.{HOST}-{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+        try:
+            os.link(tmp, path)  # atomic, and fails if another process wrote it first
+        except FileExistsError:
+            pass
+        tmp.unlink()
+    check_settings(cfg, out)
+
+
+def check_settings(cfg, out):
+    """Refuse a run folder whose config.json holds other settings than cfg (run-only fields aside)."""
+    path = Path(out) / "config.json"
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())["config"]
+    changed = [k for k, v in vars(cfg).items() if k not in RUN_ONLY and saved.get(k) != v and
+               not (k == "precision" and v == "auto")]
+    if changed:
+        shown = ", ".join(f"{flag(k)} {saved.get(k)} there, {getattr(cfg, k)} here" for k in changed)
+        raise UserError(f"{out} holds a run with other settings ({shown}): choose another --out")
+
+
+def command_lines(script, given, out, names):
+    """One complete shell command per job name: python, the script, the settings as given (paths
+    made absolute, so a line runs from any folder), --out, --job NAME and --resume."""
+    head = [sys.executable, str(Path(script).absolute())]
+    for k, v in given.items():
+        if k in ("out", "resume", "list_jobs", "summary", "job") or v is False:
+            continue
+        head.append(flag(k))
+        if v is not True:
+            head += [str(Path(x).absolute()) if k in PATHS and Path(str(x)).exists() else str(x)
+                     for x in (v if isinstance(v, list) else [v])]
+    return [shlex.join(head + ["--out", str(Path(out).absolute()), "--job", name, "--resume"]) for name in names]
 
 
 # ---------------------------------------------------------------------------- claims

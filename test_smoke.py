@@ -1,4 +1,5 @@
 """The command lines of reproduce.py, ablate.py and bench.py, run as a user would on the synthetic replica."""
+import csv
 import dataclasses
 import json
 import re
@@ -121,24 +122,26 @@ def test_layer_sweep_writes_table_csv_and_plot_and_skips_finished_cells(small_co
     first = cli("ablate.py", *args)
     assert first.returncode == 0, first.stderr[-2000:]
     table = (tmp_path / "abl" / "ablation.md").read_text()
-    assert "| layers | WA (%) | UA (%)" in table and table.count("\n| 1 |") == 1 and table.count("\n| 2 |") == 1
+    assert "| layers | jobs | WA (%) | UA (%)" in table and table.count("\n| 1 | 1 |") == 1 and table.count("\n| 2 | 1 |") == 1
     rows = (tmp_path / "abl" / "ablation.csv").read_text().splitlines()
     assert rows[0].startswith("layers,wa_mean") and len(rows) == 3
-    assert (tmp_path / "abl" / "ablation_layers.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "abl" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     for k in (1, 2):
-        cfg = json.loads((tmp_path / "abl" / f"layers-{k}" / "seed0" / "config.json").read_text())["config"]
+        cfg = json.loads((tmp_path / "abl" / f"layers-{k}" / "config.json").read_text())["config"]
         assert cfg["layers"] == k and cfg["epochs"] == 1 and cfg["val_fraction"] == 0.0 and cfg["mixup"] == "none"
+        assert (tmp_path / "abl" / f"layers-{k}" / "fold5" / "seed0" / "metrics.json").exists()
 
     second = cli("ablate.py", *args)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert second.stdout.count("finished earlier") == 2 and "epoch   1" not in second.stdout
+    assert "--- " not in second.stdout and "epoch   1" not in second.stdout
+    assert (tmp_path / "abl" / "ablation.md").read_text() == table
 
 
 def test_table2_runs_its_seven_rows_with_the_paper_settings(small_corpus, tmp_path):
     done = cli("ablate.py", "--demo", "--demo-corpus", small_corpus, "--table2", "--epochs", "1", "--max-len", "8000",
                "--layers", "1", "--out", tmp_path / "t2")
     assert done.returncode == 0, done.stderr[-2000:]
-    cells = sorted((tmp_path / "t2").glob("*/seed0/config.json"))
+    cells = sorted((tmp_path / "t2").glob("*/config.json"))
     settings = {tuple(json.loads(p.read_text())["config"][k] for k in ("pooling", "mixup", "center_weight", "augment",
                                                                        "val_fraction"))
                 for p in cells}
@@ -148,6 +151,34 @@ def test_table2_runs_its_seven_rows_with_the_paper_settings(small_corpus, tmp_pa
                         ("first", "adaptive", 0.002, "authors", 0.1)}
     table = (tmp_path / "t2" / "ablation.md").read_text()
     assert table.count("\n| ") == 8 and "74.86" in table and "70.91" in table  # header + 7 rows, paper beside ours
+    rows = [line for line in table.splitlines() if line.startswith("| first") or line.startswith("| avg")]
+    assert "(reference)" in rows[2] and "conventional" in rows[2]  # Sec. 3.4's claim: compared with conventional mixup
+    assert "Reference: row 3" in table
+
+
+def test_ablation_over_two_folds_and_two_seeds_pairs_jobs_and_reruns_nothing(small_corpus, tmp_path):
+    args = ["--demo", "--demo-corpus", small_corpus, "--mixup", "conventional", "adaptive", "--folds", "1", "5",
+            "--seeds", "2", "--epochs", "1", "--max-len", "8000", "--out", tmp_path / "abl"]
+    first = cli("ablate.py", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    trained = sorted(line.split()[1] for line in first.stdout.splitlines() if line.startswith("--- "))
+    assert trained == sorted(f"mixup-{m}_augment-authors/fold{f}/seed{s}" for m in ("conventional", "adaptive")
+                             for f in (1, 5) for s in (0, 1))
+    header = (tmp_path / "abl" / "ablation.csv").read_text().splitlines()[0].split(",")
+    for m in ("wa", "ua"):
+        assert {f"{m}_mean", f"{m}_std", f"{m}_lo", f"{m}_hi", f"d_{m}", f"d_{m}_lo", f"d_{m}_hi", f"p_{m}"} <= set(header)
+    assert "jobs" in header
+    with open(tmp_path / "abl" / "ablation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["jobs"] for r in rows] == ["4", "4"] and float(rows[0]["d_ua"]) == 0.0
+    for name in ("ablation.png", "ablation_diff.png"):
+        assert (tmp_path / "abl" / name).read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "folds 1, 5 x seeds 0, 1" in table and "(reference)" in table
+
+    second = cli("ablate.py", *args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "--- " not in second.stdout and (tmp_path / "abl" / "ablation.md").read_text() == table
 
 
 # ==== bench.py: the fast path computes what the default path computes ====

@@ -438,8 +438,11 @@ def atomic_write(path, write):
     """write(tmp) then rename: a run killed mid-write leaves the old file, never half a new one.
     The temporary name is this process's own, so processes sharing a folder never mix their writes."""
     tmp = Path(f"{path}.{socket.gethostname()}-{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(obj, path):
