@@ -223,8 +223,35 @@ def test_crop_and_dataset_lengths_are_min_of_length_and_max_len(utterances):
         x, length, _ = dataset[i]
         frames = sf.info(u.wav).frames
         assert length == len(x) == min(frames, 30_000)
-        # The peak is the whole utterance's (normalise, then crop), as in REFERENCE.md.
-        assert x.abs().max() == 1 if frames <= 30_000 else x.abs().max() <= 1
+        assert x.abs().max() == 1  # the crop is normalised by its own peak (BACKGROUND.md, "Data pipeline")
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_an_utterance_whose_peak_lies_after_the_cut_still_reaches_one(tmp_path, cached):
+    x = np.concatenate([0.1 * np.sin(np.arange(20_000) / 5), 0.9 * np.ones(10_000)])  # loudest after 20,000
+    sf.write(tmp_path / "late.wav", x, 16000, subtype="PCM_16")
+    utterance = one_utterance(tmp_path / "late.wav")
+    dataset = UtteranceDataset([utterance], max_len=20_000, cache=iemocap.decode([utterance]) if cached else None)
+    served, length, _ = dataset[0]
+    assert length == 20_000
+    assert served.abs().max().item() == pytest.approx(1.0, abs=1e-4)  # crop, then divide by the crop's peak
+    expected = x[:20_000] / np.abs(x[:20_000]).max()
+    np.testing.assert_allclose(served.numpy(), expected, atol=2e-3)  # int16 file and cache: 1/32767 of the peak
+
+
+def test_a_wav_holding_nan_is_refused_by_name(tmp_path):
+    x = np.zeros(1000, dtype=np.float32)
+    x[500] = np.nan
+    sf.write(tmp_path / "broken.wav", x, 16000, subtype="FLOAT")
+    with pytest.raises(IemocapError, match="broken.wav holds NaN or infinite samples"):
+        load_audio(tmp_path / "broken.wav")
+
+
+def test_an_all_silent_utterance_is_named_in_a_warning(tmp_path):
+    sf.write(tmp_path / "quiet.wav", np.zeros(800), 16000, subtype="PCM_16")
+    with pytest.warns(UserWarning, match="Ses01F_impro01_F000 .*quiet.wav.* is silent"):
+        cache = iemocap.decode([one_utterance(tmp_path / "quiet.wav")])
+    assert not cache["Ses01F_impro01_F000"].any()
 
 
 @pytest.mark.parametrize("name", ["authors", "paper"])

@@ -3,7 +3,6 @@ import csv
 import dataclasses
 import json
 import re
-import shutil
 import subprocess
 import sys
 
@@ -12,7 +11,6 @@ import torch
 from transformers import HubertModel
 
 import bench
-import reproduce
 import train
 from conftest import HERE, cli
 from model import SERModel, tiny_config
@@ -62,58 +60,6 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(small_corpus,
     history = lambda run: [{k: v for k, v in row.items() if k not in ("seconds", "audio_per_s")}
                            for row in json.loads((tmp_path / run / "fold2" / "seed0" / "metrics.json").read_text())["history"]]
     assert history("whole") == history("cut")
-
-
-def run_main(argv, capsys):
-    code = reproduce.main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def test_no_corpus_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("IEMOCAP_ROOT", raising=False)
-    code, err = run_main(["--out", tmp_path / "r"], capsys)
-    assert code == 2 and "--iemocap" in err and "--demo" in err and err.count("\n") == 1
-
-
-def test_a_folder_that_is_not_iemocap_is_refused(tmp_path, capsys):
-    (tmp_path / "not_iemocap").mkdir()
-    code, err = run_main(["--iemocap", tmp_path / "not_iemocap", "--out", tmp_path / "r"], capsys)
-    assert code == 2 and "not_iemocap" in err and err.count("\n") == 1
-
-
-def test_a_copy_with_other_counts_is_refused_without_allow_incomplete(small_corpus, tmp_path, capsys):
-    code, err = run_main(["--iemocap", small_corpus, "--out", tmp_path / "r"], capsys)
-    assert code == 2 and "--allow-incomplete" in err and "differs" in err
-
-
-def test_an_unreadable_wav_is_named(small_corpus, tmp_path, capsys):
-    copy = tmp_path / "copy"
-    shutil.copytree(small_corpus, copy)
-    victim = sorted(copy.glob("Session1/sentences/wav/*/*.wav"))[0]
-    victim.write_bytes(b"not a wav at all")
-    code, err = run_main(["--iemocap", copy, "--allow-incomplete", "--hubert", "tiny", "--layers", "2",
-                          "--workers", "0", "--fold", "1", "--device", "cpu", "--out", tmp_path / "r"], capsys)
-    assert code == 2 and victim.name in err
-
-
-def test_missing_hubert_weights_say_how_to_get_them(small_corpus, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, err = run_main(["--iemocap", small_corpus, "--allow-incomplete", "--hubert", tmp_path / "no_such_folder",
-                          "--workers", "0", "--fold", "1", "--out", tmp_path / "r"], capsys)
-    assert code == 2 and "download" in err and "--demo" in err
-
-
-def test_a_nan_loss_stops_the_fold_with_a_message(small_corpus, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train, "recognition_loss", lambda logits, targets: logits.sum() * float("nan"))
-    code, err = run_main(["--demo", "--demo-corpus", small_corpus, "--fold", "1", "--epochs", "1", "--max-len", "8000",
-                          "--out", tmp_path / "r"], capsys)
-    assert code == 1 and "the loss became nan" in err
-    assert not (tmp_path / "r" / "results.json").exists()
-
-
-def test_bad_fold_is_refused(tmp_path, capsys):
-    code, err = run_main(["--demo", "--fold", "6", "--out", tmp_path / "r"], capsys)
-    assert code == 2 and "--fold" in err
 
 
 def test_layer_sweep_writes_table_csv_and_plot_and_skips_finished_cells(small_corpus, tmp_path):
