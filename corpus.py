@@ -1,19 +1,30 @@
 """The corpus a run trains on: its utterances, its classes in a fixed order, and its folds.
 
-    --iemocap DIR     IEMOCAP_full_release: the paper's four classes (ang, hap + exc, sad, neu, in
-                      that order), leave-one-session-out folds 1-5 (Sec. 3.1)
-    --demo            the synthetic IEMOCAP-shaped replica (iemocap.make_synthetic_iemocap)
+    --iemocap DIR         IEMOCAP_full_release: the paper's four classes (ang, hap + exc, sad, neu,
+                          in that order), leave-one-session-out folds 1-5 (Sec. 3.1)
+    --demo                the synthetic IEMOCAP-shaped replica (iemocap.make_synthetic_iemocap)
+    --manifest DIR        an EmoBox dataset folder (data/<dataset>/: fold_<k>/<dataset>_{train,test}_fold_<k>.jsonl
+      --audio-root DIR    and label_map.json); the `wav` paths start from --audio-root. EmoBox's own folds.
+    --manifest FILE       a CSV or JSONL file of your own: `path` and `label`, and `fold` (leave one fold
+                          out) or `speaker` (with --num-folds K: speaker-independent folds)
 
-Fold k of every corpus tests on its test list and trains on its training list; the
-validation set is a seeded, class-stratified share of the training list (iemocap.hold_out).
+Classes: IEMOCAP's four in the paper's order; an EmoBox corpus's in the order label_map.json
+first names them; a CSV's sorted by name; or --classes a,b,c (which also drops the others).
+Fold k of every corpus tests on its test list and trains on its training list; the validation
+set is a seeded, class-stratified share of the training list (iemocap.hold_out).
 """
+import csv
+import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile as sf
+
 import iemocap
-from iemocap import CLASSES, IemocapError
+from iemocap import CLASSES, IemocapError, Utterance
 
 
 @dataclass
@@ -23,6 +34,7 @@ class Corpus:
     utterances: list  # of iemocap.Utterance
     tests: dict  # fold name -> ids tested on; the folds in their order
     trains: dict | None = None  # fold name -> ids trained on (None: every utterance not tested on)
+    vals: dict | None = None  # fold name -> ids validated on, where the corpus publishes them (None: held out)
     paper: bool = False  # IEMOCAP's 4-class task: the paper's numbers apply
 
     @property
@@ -40,7 +52,10 @@ class Corpus:
             pool = [u for u in self.utterances if u.id not in test_ids]
         else:
             pool = [u for u in self.utterances if u.id in self.trains[fold]]
-        train, val = iemocap.hold_out(pool, val_fraction, seed)
+        if self.vals and self.vals.get(fold) and val_fraction > 0:
+            train, val = pool, [u for u in self.utterances if u.id in self.vals[fold]]
+        else:
+            train, val = iemocap.hold_out(pool, val_fraction, seed)
         test = [u for u in self.utterances if u.id in test_ids]
         return {name: sorted(part, key=lambda u: u.id) for name, part in (("train", train), ("val", val), ("test", test))}
 
@@ -52,15 +67,28 @@ def from_iemocap(utterances, name="IEMOCAP"):
 
 
 def load(cfg):
-    """The corpus of a run's settings: the user's IEMOCAP, checked against the published counts,
-    or the demo's synthetic replica (written once). Reads label files only, no audio."""
-    if cfg.demo and not cfg.iemocap:
+    """The corpus of a run's settings: a manifest, the user's IEMOCAP, checked against the published
+    counts, or the demo's synthetic replica (written once). Reads label files only, no audio."""
+    if cfg.manifest:
+        if cfg.iemocap:
+            raise IemocapError("--manifest and --iemocap: give one corpus")
+        corpus = from_manifest(cfg.manifest, cfg.audio_root, cfg.num_folds)
+    elif cfg.demo and not cfg.iemocap:
         root = Path(cfg.demo_corpus or Path.home() / ".cache" / "ser-lam-mixup" /
                     f"synthetic-iemocap-{cfg.demo_speaker_utterances}")
         if not (root / "synthetic_manifest.tsv").exists():
             print(f"writing the synthetic corpus to {root}", file=sys.stderr)
             iemocap.make_synthetic_iemocap(root, utterances_per_speaker=cfg.demo_speaker_utterances)
-        return from_iemocap(iemocap.read_iemocap(root), name="synthetic IEMOCAP replica")
+        corpus = from_iemocap(iemocap.read_iemocap(root), name="synthetic IEMOCAP replica")
+    else:
+        corpus = load_iemocap(cfg)
+    if cfg.classes:
+        corpus = keep_classes(corpus, cfg.classes)
+    check_folds(corpus)
+    return corpus
+
+
+def load_iemocap(cfg):
     root = cfg.iemocap or os.environ.get("IEMOCAP_ROOT", "")
     if not root:
         raise IemocapError("no corpus: pass --iemocap PATH/TO/IEMOCAP_full_release (or set IEMOCAP_ROOT), or --demo")
@@ -74,8 +102,151 @@ def load(cfg):
         print(f"warning: {root} differs from the published IEMOCAP; training on it anyway "
               f"({len(utterances) - len(present)} utterances without a wav left out)", file=sys.stderr)
         utterances = present
-    corpus = from_iemocap(utterances)
-    for fold, ids in corpus.tests.items():
-        if not ids or len(ids) == len(utterances):
-            raise IemocapError(f"{root}: fold {fold} needs session {fold} and at least one other session")
+    return from_iemocap(utterances)
+
+
+def check_folds(corpus):
+    """Every fold has utterances to test on, and every class in its training part."""
+    for fold in corpus.folds:
+        split = corpus.split(fold, val_fraction=0)
+        if not split["test"]:
+            raise IemocapError(f"{corpus.name}: fold {fold} has no utterance to test on")
+        missing = [c for c in corpus.classes if not any(u.label == c for u in split["train"])]
+        if missing:
+            raise IemocapError(f"{corpus.name}: fold {fold} has no {', '.join(missing)} utterance to train on; "
+                               "drop the class with --classes or use other folds")
+
+
+def keep_classes(corpus, classes):
+    """--classes a,b,c: these classes, in this order; utterances of the others are dropped."""
+    wanted = tuple(c.strip() for c in classes.split(",") if c.strip())
+    unknown = [c for c in wanted if c not in corpus.classes]
+    if unknown or len(set(wanted)) < 2 or len(set(wanted)) < len(wanted):
+        raise IemocapError(f"--classes {classes}: name two or more different classes of {corpus.name} "
+                           f"({', '.join(corpus.classes)})")
+    kept = [u for u in corpus.utterances if u.label in wanted]
+    ids = {u.id for u in kept}
+    only = lambda lists: None if lists is None else {f: t & ids for f, t in lists.items()}
+    return Corpus(corpus.name, wanted, kept, only(corpus.tests), only(corpus.trains), only(corpus.vals),
+                  paper=corpus.paper and wanted == CLASSES)
+
+
+# ---------------------------------------------------------------------------- manifests
+
+
+def from_manifest(path, audio_root="", num_folds=0):
+    path = Path(path)
+    if path.is_dir():
+        corpus = from_emobox(path, Path(audio_root) if audio_root else None)
+    elif path.is_file():
+        corpus = from_table(path, Path(audio_root) if audio_root else path.parent, num_folds)
+    else:
+        raise IemocapError(f"--manifest {path}: no such file or folder")
+    missing = [u.wav for u in corpus.utterances if not os.path.isfile(u.wav)]
+    if missing:
+        raise IemocapError(f"{len(missing)} of {len(corpus.utterances)} audio files of {path} are missing, e.g. "
+                           f"{', '.join(missing[:3])}" + ("" if audio_root else "; is --audio-root right?"))
     return corpus
+
+
+def _jsonl(path):
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError) as e:
+        raise IemocapError(f"{path}: not JSON lines ({e})") from None
+
+
+def _map_label(code, label_map, where):
+    """The class of a raw label code; a code that differs from a label map key only in case
+    (EmoDB's "neutral" against "Neutral") is matched too."""
+    if code in label_map:
+        return label_map[code]
+    folded = {k.lower(): v for k, v in label_map.items()}
+    if str(code).lower() in folded:
+        return folded[str(code).lower()]
+    raise IemocapError(f"{where}: label {code!r} is not in label_map.json ({', '.join(label_map)})")
+
+
+def from_emobox(folder, audio_root):
+    """An EmoBox dataset folder: fold_<k>/<dataset>_{train,test}_fold_<k>.jsonl and label_map.json.
+    Fold k trains on its train list and tests on its test list; it validates on its valid list
+    where EmoBox publishes one (MELD, M3ED, MSP-Podcast), else on a share of the train list."""
+    if audio_root is None:
+        raise IemocapError(f"--manifest {folder} is an EmoBox folder: pass --audio-root, the folder its `wav` "
+                           "paths start from (the one holding downloads/)")
+    maps = [folder / name for name in ("label_map.json", "label_dict.json") if (folder / name).exists()]
+    if not maps:
+        raise IemocapError(f"{folder} holds no label_map.json: pass an EmoBox dataset folder (data/<dataset>/)")
+    label_map = json.loads(maps[0].read_text())
+    classes = tuple(dict.fromkeys(label_map.values()))
+    folds = sorted((d for d in folder.glob("fold_*") if d.is_dir() and d.name[5:].isdigit()), key=lambda d: int(d.name[5:]))
+    if not folds:
+        raise IemocapError(f"{folder} holds no fold_<k>/ folders: pass an EmoBox dataset folder (data/<dataset>/)")
+    utterances, tests, trains, vals = {}, {}, {}, {}
+    for d in folds:
+        k = d.name[5:]
+        lists = {}
+        for part in ("train", "test", "valid"):
+            found = [p for p in d.glob(f"*_{part}_fold_{k}.jsonl")]
+            if part == "valid" and not found:
+                continue
+            if len(found) != 1:
+                raise IemocapError(f"{d}: expected one *_{part}_fold_{k}.jsonl, found {len(found)}")
+            lists[part] = set()
+            for row in _jsonl(found[0]):
+                if not {"key", "wav", "emo"} <= set(row):
+                    raise IemocapError(f"{found[0]}: a line without key, wav and emo ({', '.join(row)})")
+                label = _map_label(row["emo"], label_map, found[0])
+                utterances.setdefault(row["key"], Utterance(
+                    id=row["key"], session=0, speaker=str(row.get("speaker", "")), label=label, start=0.0,
+                    end=float(row.get("length") or 0.0), wav=str(audio_root / row["wav"]), dialog="", improvised=False))
+                lists[part].add(row["key"])
+        tests[k], trains[k], vals[k] = lists["test"], lists["train"], lists.get("valid", set())
+    return Corpus(folder.name, classes, sorted(utterances.values(), key=lambda u: u.id), tests, trains,
+                  vals if any(vals.values()) else None)
+
+
+def from_table(path, audio_root, num_folds):
+    """A CSV (or JSON lines) file: `path`, `label`, and `fold` or `speaker`; optional `id`."""
+    if path.suffix in (".jsonl", ".json"):
+        rows = _jsonl(path)
+    else:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    columns = set(rows[0]) if rows else set()
+    if not {"path", "label"} <= columns or not columns & {"fold", "speaker"}:
+        raise IemocapError(f"{path}: columns {', '.join(sorted(columns)) or 'none'}; a manifest needs path, label and "
+                           "fold (leave one fold out) or speaker (with --num-folds K)")
+    by_fold = "fold" in columns
+    if not by_fold and num_folds < 2:
+        raise IemocapError(f"{path} gives speakers, not folds: pass --num-folds K (K >= 2) for K speaker-independent folds")
+    utterances = []
+    for row in rows:
+        wav = Path(row["path"]) if Path(row["path"]).is_absolute() else audio_root / row["path"]
+        uid = str(row.get("id") or re.sub(r"\.[^.]*$", "", str(row["path"])))
+        utterances.append(Utterance(id=uid, session=0, speaker=str(row.get("speaker", "")), label=str(row["label"]),
+                                    start=0.0, end=_seconds(wav), wav=str(wav), dialog="", improvised=False))
+    if len({u.id for u in utterances}) < len(utterances):
+        raise IemocapError(f"{path}: two rows have the same id (or path)")
+    classes = tuple(sorted({u.label for u in utterances}))
+    if by_fold:
+        fold_of = [str(row["fold"]) for row in rows]
+        names = sorted(set(fold_of), key=lambda f: (0, int(f)) if f.isdigit() else (1, f))
+        tests = {f: {u.id for u, g in zip(utterances, fold_of) if g == f} for f in names}
+    else:
+        from sklearn.model_selection import GroupKFold
+        speakers = [u.speaker for u in utterances]
+        if len(set(speakers)) < num_folds:
+            raise IemocapError(f"{path}: {len(set(speakers))} speakers cannot fill --num-folds {num_folds} folds")
+        splits = GroupKFold(n_splits=num_folds).split(utterances, groups=speakers)
+        tests = {str(k + 1): {utterances[i].id for i in test} for k, (_, test) in enumerate(splits)}
+    return Corpus(path.stem, classes, sorted(utterances, key=lambda u: u.id), tests)
+
+
+def _seconds(wav):
+    """The length of an audio file in seconds from its header; 0 when it cannot be read (the
+    missing-file check names it, decoding names a broken one)."""
+    try:
+        return sf.info(str(wav)).duration
+    except Exception:
+        return 0.0

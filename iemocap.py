@@ -10,6 +10,7 @@ one described in `IEMOCAP.md`; the audio pipeline is the authors' (`REFERENCE.md
 import argparse
 import contextlib
 import functools
+import json
 import os
 import random
 import re
@@ -439,8 +440,31 @@ def make_synthetic_iemocap(root, utterances_per_speaker=40, seed=0, durations=(0
         # An AppleDouble file as macOS leaves them beside the real ones: binary, not UTF-8.
         (emo / f"._Ses0{session}F_impro01.txt").write_bytes(
             b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(range(256)))
-    (root / "synthetic_manifest.tsv").write_text("".join(manifest))
+    write_emobox_manifest(root, [line.rstrip("\n").split("\t") for line in manifest[1:]])
+    (root / "synthetic_manifest.tsv").write_text("".join(manifest))  # last: its presence says the tree is whole
     return root
+
+
+def write_emobox_manifest(root, written, name="replica"):
+    """The replica as an EmoBox dataset folder, root/emobox/<name>/: label_map.json (exc -> hap, as
+    Sec. 3.1) and fold_<k>/<name>_{train,test}_fold_<k>.jsonl, fold k testing on session k, one
+    line per 4-class utterance with EmoBox's fields; `wav` is relative to root (--audio-root)."""
+    folder = Path(root) / "emobox" / name
+    label_map = {"ang": "ang", "hap": "hap", "exc": "hap", "sad": "sad", "neu": "neu"}  # the paper's order
+    (folder).mkdir(parents=True, exist_ok=True)
+    (folder / "label_map.json").write_text(json.dumps(label_map, indent=4) + "\n")
+    rows = []
+    for uid, code, speaker, samples in written:
+        if code in label_map:
+            dialog = uid.rsplit("_", 1)[0]
+            rows.append((int(uid[4]), dict(key=uid, dataset=name, wav=f"Session{uid[4]}/sentences/wav/{dialog}/{uid}.wav",
+                                            type="raw", sample_rate=SAMPLE_RATE, num_frame=float(samples), task="category",
+                                            length=int(samples) / SAMPLE_RATE, emo=code, channel=1)))
+    for k in SESSIONS:
+        (folder / f"fold_{k}").mkdir(exist_ok=True)
+        for part, keep in (("train", lambda s: s != k), ("test", lambda s: s == k)):
+            lines = "".join(json.dumps(row) + "\n" for session, row in rows if keep(session))
+            (folder / f"fold_{k}" / f"{name}_{part}_fold_{k}.jsonl").write_text(lines)
 
 
 # ---- Command line: check a copy ----
@@ -473,7 +497,8 @@ def main(argv=None) -> int:
         if args.synthetic:
             make_synthetic_iemocap(args.synthetic, args.utterances_per_speaker,
                                    **(IEMOCAP_LENGTHS if args.iemocap_lengths else {}))
-            print(f"wrote a synthetic replica to {args.synthetic}")
+            print(f"wrote a synthetic replica to {args.synthetic}, and an EmoBox-style manifest of it: "
+                  f"--manifest {Path(args.synthetic) / 'emobox' / 'replica'} --audio-root {args.synthetic}")
             print_summary(read_iemocap(args.synthetic))
             return 0
         if args.root is None:

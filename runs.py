@@ -289,7 +289,8 @@ def aggregate(expected, done, config):
                 seeds_complete=complete, finished=len(done), expected=len(expected),
                 missing=[f"fold{f}/seed{s}" for f, s in expected if (f, s) not in done],
                 runs=[dict(fold=f, seed=s, wa=r["wa"], ua=r["ua"], best_epoch=r["best_epoch"]) for (f, s), r in done.items()],
-                classes=classes, confusion=confusion, paper=PAPER if config["corpus"]["paper"] else None,
+                classes=classes, confusion=confusion, corpus=config["corpus"]["name"],
+                paper=PAPER if config["corpus"]["paper"] else None,
                 demo=config["config"].get("demo", False))
 
 
@@ -300,8 +301,8 @@ def pct(x):
 def markdown(s, run):
     lines = []
     if s["demo"]:
-        lines += ["Synthetic demo corpus and a tiny random HuBERT: these numbers say the pipeline works, "
-                  "not how IEMOCAP scores.", ""]
+        lines += [f"--demo on the {s['corpus']}: a tiny random HuBERT and a short schedule; these numbers say the "
+                  "pipeline works, not how IEMOCAP scores.", ""]
     n_seeds = len({r["seed"] for r in s["runs"]})
     lines += [f"{s['finished']} of {s['expected']} jobs finished." + (f" Missing: {', '.join(s['missing'])}." if s["missing"] else ""),
               "", "| fold | WA (%) | UA (%) | best epoch | seeds |", "|---|---|---|---|---|"]

@@ -159,7 +159,7 @@ def test_summary_statistics_of_three_seeds_by_hand():
     for seed, loso in enumerate([0.70, 0.72, 0.74]):
         done["1", seed] = fake_metrics(loso - 0.01, loso)
         done["2", seed] = fake_metrics(loso + 0.01, loso)
-    config = dict(config=dict(demo=False), corpus=dict(classes=["a", "b"], paper=True))
+    config = dict(config=dict(demo=False), corpus=dict(name="test", classes=["a", "b"], paper=True))
     s = runs.aggregate(sorted(done), done, config)
     assert s["mean"]["ua"] == pytest.approx(0.72) and s["std"]["ua"] == pytest.approx(0.02)
     half = 4.302653 * 0.02 / 3 ** 0.5

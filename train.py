@@ -46,6 +46,12 @@ class Config:
     iemocap: str = arg("", "IEMOCAP_full_release folder (default: $IEMOCAP_ROOT)")
     demo: bool = arg(False, "synthetic IEMOCAP-shaped corpus and a tiny random HuBERT: the whole pipeline on a CPU")
     allow_incomplete: bool = arg(False, "train on a copy whose utterance counts differ from the published ones")
+    manifest: str = arg("", "another corpus: an EmoBox dataset folder (data/<dataset>/) or a CSV/JSONL file with path, "
+                        "label and fold or speaker columns (README, 'Your own corpus')")
+    audio_root: str = arg("", "the folder a manifest's relative audio paths start from (EmoBox: the one holding "
+                          "downloads/; a CSV: default its own folder)")
+    classes: str = arg("", "comma-separated classes to keep, in this order (default: all the corpus has)")
+    num_folds: int = arg(0, "a CSV with a speaker column: this many speaker-independent folds")
     # model (Sec. 2.2, Sec. 3.3)
     hubert: str = arg(DEFAULT_BACKBONE, "hub id or local folder of the pretrained backbone (HuBERT, wav2vec 2.0, WavLM "
                       "or data2vec-audio); " + ", ".join(TINY) + ": a small random one (--demo)")
@@ -80,7 +86,7 @@ class Config:
     val_fraction: float = arg(0.1, "class-stratified share of the training sessions held out for early stopping "
                               "(0: no validation, test the last epoch, as in Sec. 3.3)")
     # run: which jobs (fold x seed), where, on what
-    fold: str = arg("all", "session to test on, 1..5, or all")
+    fold: str = arg("all", "fold to test on (IEMOCAP: the session, 1..5), or all")
     seed: int = arg(0, "the first seed; every random draw of a job derives from (seed, fold, epoch)")
     seeds: int = arg(1, "seeds per fold: --seed .. --seed+N-1 (each fold x seed is one job)")
     out: str = arg("", "run folder (default: runs/<timestamp>)")
@@ -164,6 +170,7 @@ RANGES = [
     ("seeds", lambda v: v >= 1, ">= 1"),
     ("workers", lambda v: v >= 0, ">= 0"),
     ("demo_speaker_utterances", lambda v: v >= 1, ">= 1"),
+    ("num_folds", lambda v: v == 0 or v >= 2, "0 or >= 2"),
 ]
 
 

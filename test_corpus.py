@@ -1,0 +1,142 @@
+"""corpus.py: EmoBox dataset folders and one's own CSV, with the folds, classes and checks of IEMOCAP."""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import corpus as corpora
+from conftest import cli
+from iemocap import IemocapError, read_iemocap
+
+
+def emobox(root):
+    return root / "emobox" / "replica"
+
+
+def test_the_replica_through_its_emobox_manifest_has_the_folds_of_iemocap(small_corpus):
+    direct = corpora.from_iemocap(read_iemocap(small_corpus))
+    manifest = corpora.from_manifest(emobox(small_corpus), small_corpus)
+    assert manifest.folds == direct.folds == ["1", "2", "3", "4", "5"]
+    assert manifest.classes == direct.classes == ("ang", "hap", "sad", "neu")
+    for fold in direct.folds:
+        a, b = direct.split(fold, seed=3), manifest.split(fold, seed=3)
+        for part in ("train", "val", "test"):
+            assert [u.id for u in a[part]] == [u.id for u in b[part]], (fold, part)
+            assert [u.label for u in a[part]] == [u.label for u in b[part]]
+            assert [Path(u.wav) for u in a[part]] == [Path(u.wav) for u in b[part]]
+
+
+def test_the_replica_through_its_manifest_scores_as_through_iemocap(small_corpus, tmp_path):
+    args = ["--demo", "--fold", "4", "--epochs", "2", "--max-len", "8000"]
+    a = cli("reproduce.py", *args, "--demo-corpus", small_corpus, "--out", tmp_path / "iemocap")
+    b = cli("reproduce.py", *args, "--manifest", emobox(small_corpus), "--audio-root", small_corpus, "--out", tmp_path / "emobox")
+    assert a.returncode == b.returncode == 0, (a.stderr[-1000:], b.stderr[-1000:])
+    ma, mb = (json.loads((tmp_path / run / "fold4/seed0/metrics.json").read_text()) for run in ("iemocap", "emobox"))
+    assert (ma["wa"], ma["ua"], ma["confusion"]) == (mb["wa"], mb["ua"], mb["confusion"])
+    assert [h["loss"] for h in ma["history"]] == [h["loss"] for h in mb["history"]]
+    assert "paper (Table 3)" in (tmp_path / "iemocap/results.md").read_text()
+    assert "paper" not in (tmp_path / "emobox/results.md").read_text()  # the paper's numbers are IEMOCAP's only
+
+
+def three_class_csv(root, path, columns=("path", "label", "speaker")):
+    """The replica's ang, sad and neu utterances renamed angry, sad and calm, one row each."""
+    names = {"ang": "angry", "sad": "sad", "neu": "calm"}
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for u in read_iemocap(root):
+            if u.label in names:
+                row = dict(path=str(Path(u.wav).relative_to(root)), label=names[u.label], speaker=u.speaker,
+                           fold=u.session, id=u.id, emotion=names[u.label])
+                w.writerow([row[c] for c in columns])
+    return path
+
+
+def test_a_csv_with_speakers_gives_speaker_independent_folds(small_corpus, tmp_path):
+    corpus = corpora.from_manifest(three_class_csv(small_corpus, tmp_path / "mine.csv"), small_corpus, num_folds=5)
+    assert corpus.classes == ("angry", "calm", "sad") and corpus.folds == ["1", "2", "3", "4", "5"]
+    tested = []
+    for fold in corpus.folds:
+        split = corpus.split(fold)
+        train, test = {u.speaker for u in split["train"] + split["val"]}, {u.speaker for u in split["test"]}
+        assert test and not train & test, fold
+        tested += [u.id for u in split["test"]]
+    assert sorted(tested) == sorted(u.id for u in corpus.utterances)  # every utterance tested once
+
+
+def test_a_csv_with_a_fold_column_leaves_each_fold_out(small_corpus, tmp_path):
+    path = three_class_csv(small_corpus, tmp_path / "mine.csv", columns=("id", "path", "label", "fold"))
+    corpus = corpora.from_manifest(path, small_corpus)
+    assert corpus.folds == ["1", "2", "3", "4", "5"]
+    assert {u.id[4] for u in corpus.split("3")["test"]} == {"3"}
+    assert corpus.split("3")["test"][0].id.startswith("Ses03")
+
+
+def test_a_three_class_csv_trains_a_demo_fold_with_its_own_class_names(small_corpus, tmp_path):
+    path = three_class_csv(small_corpus, tmp_path / "mine.csv")
+    done = cli("reproduce.py", "--demo", "--manifest", path, "--audio-root", small_corpus, "--num-folds", "5",
+               "--fold", "2", "--epochs", "2", "--max-len", "8000", "--out", tmp_path / "run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert results["classes"] == ["angry", "calm", "sad"]
+    assert len(results["confusion"]) == 3 and all(len(row) == 3 for row in results["confusion"])
+    metrics = json.loads((tmp_path / "run/fold2/seed0/metrics.json").read_text())
+    assert set(metrics["recall"]) == {"angry", "calm", "sad"} and sum(map(sum, metrics["confusion"])) == metrics["n_test"]
+    assert metrics["ua"] == pytest.approx(sum(metrics["recall"].values()) / 3)  # 3-class UA
+    assert "| | angry | calm | sad |" in (tmp_path / "run/results.md").read_text()
+    assert (tmp_path / "run/results.png").read_bytes()[:4] == b"\x89PNG"
+    model = json.loads((tmp_path / "run/fold2/seed0/model.json").read_text())
+    assert model["classes"] == ["angry", "calm", "sad"] and model["model"]["num_classes"] == 3
+
+
+def test_classes_flag_keeps_those_classes_in_that_order(small_corpus):
+    corpus = corpora.from_manifest(emobox(small_corpus), small_corpus)
+    kept = corpora.keep_classes(corpus, "neu,ang")
+    assert kept.classes == ("neu", "ang") and {u.label for u in kept.utterances} == {"neu", "ang"}
+    assert all(u.label in ("neu", "ang") for u in kept.split("1")["test"])
+    with pytest.raises(IemocapError, match="--classes neu,fear"):
+        corpora.keep_classes(corpus, "neu,fear")
+
+
+def one_line_error(done, *words):
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def demo_on(manifest, tmp_path, *extra):
+    return cli("reproduce.py", "--demo", "--manifest", manifest, *extra, "--out", tmp_path / "run")
+
+
+def test_a_manifest_whose_files_are_missing_says_how_many_and_names_some(small_corpus, tmp_path):
+    one_line_error(demo_on(emobox(small_corpus), tmp_path, "--audio-root", tmp_path / "elsewhere"),
+                   "80 of 80 audio files", "are missing, e.g.", str(tmp_path / "elsewhere" / "Session"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_table_without_the_needed_columns_is_refused(small_corpus, tmp_path):
+    path = three_class_csv(small_corpus, tmp_path / "mine.csv", columns=("path", "emotion"))
+    one_line_error(demo_on(path, tmp_path, "--audio-root", small_corpus), "columns emotion, path", "needs path, label")
+
+
+def test_a_label_outside_the_label_map_is_refused(small_corpus, tmp_path):
+    copy = Path(shutil.copytree(emobox(small_corpus), tmp_path / "replica"))
+    (copy / "label_map.json").write_text(json.dumps({"ang": "ang", "hap": "hap", "sad": "sad", "neu": "neu"}))
+    one_line_error(demo_on(copy, tmp_path, "--audio-root", small_corpus), "label 'exc' is not in label_map.json")
+
+
+def test_a_fold_with_an_empty_test_list_is_refused(small_corpus, tmp_path):
+    copy = Path(shutil.copytree(emobox(small_corpus), tmp_path / "replica"))
+    (copy / "fold_3" / "replica_test_fold_3.jsonl").write_text("")
+    one_line_error(demo_on(copy, tmp_path, "--audio-root", small_corpus), "fold 3 has no utterance to test on")
+
+
+def test_a_class_absent_from_a_folds_training_data_is_refused(small_corpus, tmp_path):
+    copy = Path(shutil.copytree(emobox(small_corpus), tmp_path / "replica"))
+    train = copy / "fold_2" / "replica_train_fold_2.jsonl"
+    train.write_text("".join(line + "\n" for line in train.read_text().splitlines() if '"emo": "sad"' not in line))
+    one_line_error(demo_on(copy, tmp_path, "--audio-root", small_corpus), "fold 2 has no sad utterance to train on")
