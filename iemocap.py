@@ -4,7 +4,8 @@ leave-one-session-out folds, serve its audio to the model, and write a synthetic
 The corpus is licensed, so it never ships with this suite. Users point the scripts at their
 own `IEMOCAP_full_release/` (`--iemocap` or `IEMOCAP_ROOT`); `python iemocap.py PATH`
 checks such a copy against the published counts. The on-disk format followed here is the
-one described in `IEMOCAP.md`; the audio pipeline is the authors' (`REFERENCE.md`).
+one described in BACKGROUND.md ("IEMOCAP on disk"); the audio pipeline is the authors'
+(BACKGROUND.md, "Data pipeline").
 """
 
 import argparse
@@ -32,7 +33,7 @@ CLASSES = ("ang", "hap", "sad", "neu")  # label id = index; the order of Sec. 2
 SAMPLE_RATE = 16_000
 MIN_SAMPLES = 400  # HuBERT's conv front end needs 400 samples for its first frame
 SESSIONS = (1, 2, 3, 4, 5)
-# The 4-class set (hap includes exc): 5531 utterances (Sec. 3.1), split as in IEMOCAP.md.
+# The 4-class set (hap includes exc): 5531 utterances (Sec. 3.1; BACKGROUND.md, "The paper's 4-class set").
 PUBLISHED = {"total": 5531, "sessions": {1: 1085, 2: 1023, 3: 1151, 4: 1031, 5: 1241},
              "classes": {"ang": 1103, "hap": 1636, "sad": 1084, "neu": 1708}}
 
@@ -300,13 +301,13 @@ class UtteranceDataset(torch.utils.data.Dataset):
         return torch.from_numpy(x), len(x), self.label_ids[i]
 
 
-# ---- Synthetic replica (IEMOCAP.md, followed to the letter) ----
+# ---- Synthetic replica (BACKGROUND.md, "IEMOCAP on disk", followed to the letter) ----
 
 # A random-init HuBERT learns across speakers only from cues present in every frame and
-# independent of the speaker's pitch (NOTES.md). Each class has three such cues, and any two
-# classes differ in two of them: spectral tilt (one-pole low-pass coefficient: corner near
-# 570 Hz at 0.8, 100 Hz at 0.96), breathiness (noise-to-voice ratio) and roughness (every
-# other glottal pulse weaker: a subharmonic). Syllable rate and a pitch glide relative to
+# independent of the speaker's pitch (BACKGROUND.md, "What a synthetic corpus must carry").
+# Each class has three such cues, and any two classes differ in two of them: spectral tilt
+# (one-pole low-pass coefficient: corner near 570 Hz at 0.8, 100 Hz at 0.96), breathiness
+# (noise-to-voice ratio) and roughness (every other glottal pulse weaker: a subharmonic). Syllable rate and a pitch glide relative to
 # the speaker's own base pitch come on top. Measured with a tiny random-init HuBERT trained
 # on four sessions of the default replica: UA 0.84-1.0 on the fifth after 5 epochs.
 #            tilt, breath, rough, syllables/s, glide (semitones over the utterance)
@@ -322,7 +323,7 @@ DIALOGS = (("F", "impro01"), ("M", "impro05a"), ("M", "impro05b"),
            ("F", "script01_1"), ("M", "script01_1b"))
 # For a full-size replica (553 utterances per speaker): lengths shaped like IEMOCAP's.
 IEMOCAP_LENGTHS = {"durations": (0.585, 34.1), "mean_duration": 4.55}
-# IEMOCAP's 4-class proportions (IEMOCAP.md): each speaker gets them.
+# IEMOCAP's 4-class proportions: each speaker gets them.
 PROPORTIONS = {c: PUBLISHED["classes"][c] / PUBLISHED["total"] for c in CLASSES}
 
 
@@ -426,7 +427,7 @@ def make_synthetic_iemocap(root, utterances_per_speaker=40, seed=0, durations=(0
                 uid = f"{dialog}_{letter}{numbers[letter]:03d}"
                 numbers[letter] += 1
                 begin, end = round(start, 4), round(start + length, 4)
-                n = round((end - begin) * SAMPLE_RATE)  # IEMOCAP.md: (end - start) x 16 kHz
+                n = round((end - begin) * SAMPLE_RATE)  # as IEMOCAP: (end - start) x 16 kHz
                 sf.write(wav_dir / f"{uid}.wav", _synthesise(rng, n, voices[letter], code),
                          SAMPLE_RATE, subtype="PCM_16")
                 manifest.append(f"{uid}\t{code}\tSes0{session}{letter}\t{n}\n")
@@ -510,7 +511,7 @@ def main(argv=None) -> int:
     print_summary(utterances)
     problems = check_iemocap(args.root, utterances, PUBLISHED)
     if not problems:
-        print("matches the published counts (5531 utterances, IEMOCAP.md)")
+        print("matches the published counts (5531 utterances)")
         return 0
     print("DIFFERS from the published counts; this copy is incomplete or modified:")
     print("".join(f"  - {p}\n" for p in problems), end="")

@@ -10,7 +10,8 @@ def mix_waveforms(x_i, x_j, lam=0.5):
 
     x_i (..., L_i), x_j (..., L_j) -> (..., max(L_i, L_j)): the shorter one is
     zero-padded (silence) at the end. The authors padded every utterance to
-    100,000 samples with its own mean value before mixing (REFERENCE.md).
+    100,000 samples with its own mean value before mixing (BACKGROUND.md,
+    "Data pipeline").
     """
     length = max(x_i.shape[-1], x_j.shape[-1])
     x_i = F.pad(x_i, (0, length - x_i.shape[-1]))
@@ -37,7 +38,7 @@ def label_adaptive_targets(y_i, y_j, l_i, l_j, lam=0.5):
     Each target sums to 1, also when both utterances have the same class: the
     two weights add up to a one-hot target. The authors' script wrote the
     second weight over the first in that case, so its target summed to less
-    than 1 (REFERENCE.md, bug 1); this function does not repeat that.
+    than 1 (BACKGROUND.md, bug 1); this function does not repeat that.
     """
     l_i = torch.as_tensor(l_i, dtype=y_i.dtype, device=y_i.device)
     l_j = torch.as_tensor(l_j, dtype=y_i.dtype, device=y_i.device)

@@ -128,11 +128,12 @@ def config_parser(description, sweep=(), skip=()):
         shown = "" if f.type is bool or f.default == "" else f" (default: {f.default})"
         if f.name == "demo":
             shown = " (sets " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO.items()) + " unless given)"
-        kw = dict(help=f.metadata["help"] + shown, default=argparse.SUPPRESS)
+        names = [name, "--backbone"] if f.name == "hubert" else [name]  # --backbone: the same flag, for any family
+        kw = dict(help=f.metadata["help"] + shown, default=argparse.SUPPRESS, dest=f.name)
         if f.type is bool:
-            p.add_argument(name, action="store_true", **kw)
+            p.add_argument(*names, action="store_true", **kw)
         else:
-            p.add_argument(name, type=f.type, choices=f.metadata.get("choices"),
+            p.add_argument(*names, type=f.type, choices=f.metadata.get("choices"),
                            nargs="+" if f.name in sweep else None, **kw)
     return p
 
@@ -399,7 +400,7 @@ def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, num_c
     weight: this process's share of the global batch (1 in one process). Under torchrun the
     gradient of each rank's mean loss is scaled by weight * world size, so that the average
     that DistributedDataParallel takes over the ranks equals the single-process gradient."""
-    rank, size = world()
+    _, size = world()
     x_i, x_j, mask, l_i, l_j, y_i, y_j = (None if t is None else t.to(device, non_blocking=True) for t in batch)
     onehot = lambda y: torch.nn.functional.one_hot(y, num_classes).float()
     y_i, y_j, lam = onehot(y_i), onehot(y_j), cfg.mixup_lambda
@@ -413,16 +414,15 @@ def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, num_c
     step = torch.zeros(3, device=device)  # L, L_r, L_c of this batch
     micro = math.ceil(len(x) / cfg.grad_accum)
     starts = range(0, len(x), micro)
-    for s in starts:  # micro-batches of --grad-accum
+    for s in starts:  # micro-batches of --grad-accum; under torchrun the gradients are all-reduced after the last
         part = slice(s, s + micro)
-        last = s == starts[-1]
-        with (model.no_sync() if size > 1 and not last else nullcontext()), autocast(cfg, device):
-            z, logits = model(x[part], None if mask is None else mask[part])
-        l_r = recognition_loss(logits.float(), y[part])  # Eq. 4
-        l_c = center_loss(z.float(), y[part].argmax(1))  # Eq. 5
-        loss = joint_loss(l_r, l_c, cfg.center_weight)  # Eq. 6
-        share = weight * len(logits) / len(x)
-        with model.no_sync() if size > 1 and not last else nullcontext():
+        with model.no_sync() if size > 1 and s != starts[-1] else nullcontext():
+            with autocast(cfg, device):
+                z, logits = model(x[part], None if mask is None else mask[part])
+            l_r = recognition_loss(logits.float(), y[part])  # Eq. 4
+            l_c = center_loss(z.float(), y[part].argmax(1))  # Eq. 5
+            loss = joint_loss(l_r, l_c, cfg.center_weight)  # Eq. 6
+            share = weight * len(logits) / len(x)
             scaler.scale(loss * share * size).backward()
         step += torch.stack([loss, l_r, l_c]).detach() * share
     if size > 1:  # the centers are not in the DDP module: average their gradient by hand
