@@ -11,6 +11,7 @@ and tests on session k (Sec. 3.1). Each (fold, seed) is one job with its own fol
 --out; any number of processes may share a run (see runs.py). Every default below is what the
 authors ran (README, "Differences from the authors' script").
 """
+import json
 import sys
 import time
 from pathlib import Path
@@ -109,10 +110,20 @@ def run(cfg, given):
     return 0
 
 
+def saved_settings(out):
+    """The settings in --out's config.json, for the flags not given: `--resume --out DIR` alone
+    continues a run as it was started (where it runs, and on how many workers, stays this process's)."""
+    path = Path(out) / "config.json" if out else None
+    if not path or not path.exists():
+        return {}
+    saved = json.loads(path.read_text())["config"]
+    return {k: v for k, v in saved.items() if k not in ("out", "resume", "device", "workers", "no_save")}
+
+
 def main(argv=None):
     given = vars(parser().parse_args(argv))
     settings = {k: v for k, v in given.items() if k not in ("list_jobs", "job", "summary")}
-    return guarded(run, make_config(settings), given)
+    return guarded(lambda: run(make_config(saved_settings(given.get("out")), settings), given))
 
 
 if __name__ == "__main__":

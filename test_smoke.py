@@ -51,7 +51,7 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(small_corpus,
 
     again = cli("reproduce.py", *args, "--out", tmp_path / "cut")
     assert again.returncode == 2 and "--resume" in again.stderr
-    resumed = cli("reproduce.py", *args, "--out", tmp_path / "cut", "--resume")
+    resumed = cli("reproduce.py", "--out", tmp_path / "cut", "--resume")  # the run folder holds its settings
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed after epoch 1" in resumed.stdout
     a = json.loads((tmp_path / "whole" / "results.json").read_text())
