@@ -120,7 +120,7 @@ def test_a_job_held_by_a_live_process_or_another_host_is_not_taken(single_run, s
 
 def test_torchrun_two_processes_give_the_single_process_losses_and_scores(small_corpus, tmp_path):
     args = [*TINY, "--demo-corpus", small_corpus, "--fold", "2", "--epochs", "2", "--max-len", "16000",
-            "--dropout", "0", "--augment", "none", "--precision", "fp32"]
+            "--dropout", "0", "--augment", "none", "--precision", "fp32", "--grad-accum", "2"]
     one = cli("reproduce.py", *args, "--out", tmp_path / "one")
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
