@@ -135,10 +135,7 @@ def run(args):
     out = Path(base.out) if base.out else None
     if list_jobs:
         check_out(out)
-        todo = [j for j in mine if not (out / name(*j) / "metrics.json").exists()]
-        for line in runs.command_lines(__file__, given, out, [name(*j) for j in todo]):
-            print(line)
-        print(f"{len(todo)} of {len(mine)} jobs unfinished in {out}", file=sys.stderr)
+        runs.list_jobs(__file__, given, out, [name(*j) for j in mine])
         return 0
 
     init_distributed(base)
@@ -175,13 +172,10 @@ def run(args):
     skipped = runs.work([(out / name(*j), j) for j in mine], base.resume, train, finished)
     if rank != 0:
         return 0
-    for job_dir, _, why in skipped:
-        print(f"{Path(job_dir).relative_to(out)}: {why}", file=sys.stderr)
     if not trained:  # every job was finished earlier, or is someone else's: the report as it stands
         print(report(grid, protocol, ref, out), flush=True)
     print(f"results in {out / 'ablation.md'}")
-    if any(kind == "interrupted" for _, kind, _ in skipped):
-        raise UserError(f"interrupted jobs left alone: rerun with --resume and --out {out}")
+    runs.tell_skipped(out, skipped)
     return 0
 
 

@@ -65,10 +65,7 @@ def run(cfg, given):
     if given.get("list_jobs"):
         check_out(out)
         runs.check_settings(cfg, out)
-        todo = [j for j in mine if not (out / j.name / "metrics.json").exists()]
-        for line in runs.command_lines(__file__, given, out, [j.name for j in todo]):
-            print(line)
-        print(f"{len(todo)} of {len(mine)} jobs unfinished in {out}", file=sys.stderr)
+        runs.list_jobs(__file__, given, out, [j.name for j in mine])
         return 0
 
     init_distributed(cfg)
@@ -100,13 +97,9 @@ def run(cfg, given):
     skipped = runs.work([(out / j.name, j) for j in mine], cfg.resume, train, finished)
     if rank != 0:
         return 0
-    for job_dir, _, why in skipped:
-        print(f"{Path(job_dir).relative_to(out)}: {why}", file=sys.stderr)
     if (out / "results.md").exists():
         print(f"results in {out / 'results.md'}")
-    waiting = [kind for _, kind, _ in skipped if kind == "interrupted"]
-    if waiting:
-        raise UserError(f"{len(waiting)} interrupted job(s) left alone: rerun with --resume and --out {out}")
+    runs.tell_skipped(out, skipped)
     return 0
 
 

@@ -109,6 +109,23 @@ def command_lines(script, given, out, names):
     return [shlex.join(head + ["--out", str(Path(out).absolute()), "--job", name, "--resume"]) for name in names]
 
 
+def list_jobs(script, given, out, names):
+    """--list-jobs: print the command line of each unfinished job among `names` (folders under out)."""
+    todo = [n for n in names if not (Path(out) / n / "metrics.json").exists()]
+    for line in command_lines(script, given, out, todo):
+        print(line)
+    print(f"{len(todo)} of {len(names)} jobs unfinished in {out}", file=sys.stderr)
+
+
+def tell_skipped(out, skipped):
+    """Say why each job this process left alone was left; interrupted ones end the call with exit 2."""
+    for job_dir, _, why in skipped:
+        print(f"{Path(job_dir).relative_to(out)}: {why}", file=sys.stderr)
+    waiting = [kind for _, kind, _ in skipped if kind == "interrupted"]
+    if waiting:
+        raise UserError(f"{len(waiting)} interrupted job(s) left alone: rerun with --resume and --out {out}")
+
+
 # ---------------------------------------------------------------------------- claims
 
 
