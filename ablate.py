@@ -30,8 +30,8 @@ import corpus as corpora
 import iemocap
 import runs
 import stats
-from train import (Config, UserError, broadcast, check_backbone, check_config, check_out, config_parser, guarded,
-                   init_distributed, make_config, resolve_device, run_job, world)
+from settings import Config, UserError, check_backbone, check_config, check_out, config_parser, guarded, make_config
+from train import broadcast, init_distributed, resolve_device, run_job, world
 
 SWEEPS = ["hubert", "layers", "dropout", "pooling", "mixup", "center_weight"]  # flags that take a list of values
 

@@ -36,6 +36,7 @@ import iemocap
 import train
 from losses import CenterLoss
 from model import SERModel, tiny_config
+from settings import Config
 
 SR = iemocap.SAMPLE_RATE
 # HuBERT-Large (Sec. 2.2); tiny_config() already has Large's front end and norms.
@@ -230,7 +231,7 @@ def main(argv=None):
         setattr(args, key, settings[key] if getattr(args, key) is None else getattr(args, key))
     config = tiny_config(**settings["model"])
 
-    default = train.Config(device=args.device, batch_size=args.batch_size)
+    default = Config(device=args.device, batch_size=args.batch_size)
     train.resolve_device(default)
     # fast: --padding dynamic with bf16 autocast wherever the device computes in bf16 (a GPU with
     # bf16; a CPU with AVX512-BF16 or AMX). On such a CPU the fp32 dynamic row shows each part's share.

@@ -22,8 +22,8 @@ import corpus as corpora
 import iemocap
 import runs
 from runs import Job
-from train import (UserError, broadcast, check_backbone, check_config, check_out, config_parser, guarded,
-                   init_distributed, make_config, resolve_device, run_job, world)
+from settings import UserError, check_backbone, check_config, check_out, config_parser, guarded, make_config
+from train import broadcast, init_distributed, resolve_device, run_job, world
 
 def parser():
     p = config_parser(__doc__.split("\n\n")[0])

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import stats
-from train import RUN_ONLY, UserError, atomic_write, broadcast, environment, flag, world, write_json
+from settings import RUN_ONLY, UserError, flag
+from train import atomic_write, broadcast, environment, world, write_json
 
 HOST = socket.gethostname()
 PAPER = {"wa": 0.7537, "ua": 0.7604}  # Table 3, "Proposed": one run of the five folds

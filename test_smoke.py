@@ -11,6 +11,7 @@ import torch
 from transformers import HubertModel
 
 import bench
+import settings
 import train
 from conftest import HERE, cli
 from model import SERModel, tiny_config
@@ -131,8 +132,8 @@ def test_ablation_over_two_folds_and_two_seeds_pairs_jobs_and_reruns_nothing(sma
 
 CPU = torch.device("cpu")
 # 1 s items and max_len 1 s: fixed padding adds nothing, so both paths see the same samples
-DEFAULT = train.Config(padding="fixed", max_len=16_000, precision="fp32")
-FAST = train.Config(padding="dynamic", max_len=16_000, precision="bf16")
+DEFAULT = settings.Config(padding="fixed", max_len=16_000, precision="fp32")
+FAST = settings.Config(padding="dynamic", max_len=16_000, precision="bf16")
 
 
 def tiny_model(pooling="first"):
