@@ -1,0 +1,656 @@
+"""Emotion of recordings, predicted by the fold models of a run (reproduce.py) or by a folder exported from them.
+
+    python predict.py --run runs/X a.wav more/ list.txt      # CSV: path, emotion, p_<class>..., seconds, error
+    python predict.py --run runs/X --fold 3 --crop a.wav      # fold 3's model on the first window, as its test saw it
+    python predict.py --run runs/X --segments --plot talk.png talk.wav   # one row per window, and a plot
+    python predict.py --run runs/X --export model/ [--dtype bf16]        # a self-contained folder with a model card
+    python predict.py --model model/ a.wav                    # predict from that folder alone
+    python predict.py --bench --run runs/X [--n 200]          # batched vs one file at a time
+
+Each input is served as training served an utterance (iemocap.UtteranceDataset): read as float32
+mono, resampled to 16 kHz, cut to windows of the run's max_len samples (6.25 s in the paper), each
+window divided by its own peak, padded to 400 samples if shorter. The model learned from an
+utterance's first window only; a longer recording gets a window every half window (starts 0, hop,
+2 hop, ... until a window reaches the end), and its row is the unweighted mean of its windows'
+probabilities. --crop keeps the first window, exactly the input a fold's test evaluated.
+
+Padding follows the run (model.json): a model trained with fixed padding (the authors' setting)
+saw every utterance padded to max_len with its mean and no attention mask, so its windows are
+padded that way here too; a model trained with --padding dynamic gets length-sorted batches
+zero-padded to the batch's longest window, with the attention mask. Either way predict.py feeds
+the model what its own test fed it, which is why --fold K --crop gives back the fold's test classes.
+
+Several models (the folds of a run, the seeds of a fold) form an ensemble: the mean of their
+softmax probabilities. The run folder alone suffices: model.json holds the transformers config
+of the cut backbone, best.safetensors the weights; no hub, no pretrained HuBERT, no network.
+"""
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import soundfile as sf
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import iemocap
+import runs
+import train
+from iemocap import MIN_SAMPLES, IemocapError
+from model import model_from_spec
+from settings import RUN_ONLY, Config, Parser, UserError, flag, guarded
+
+# What a folder argument is searched for. libsndfile reads MP3 from version 1.1 on.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
+LIST_EXTENSION = ".txt"  # a file argument with this extension lists paths, one a line
+BENCH_CHUNK = 50  # --bench alternates batched and one-at-a-time over chunks of this many files
+POOL = 4  # decoded windows are sorted by length in pools of this many batches (dynamic padding pads less)
+
+
+def parser():
+    p = Parser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", metavar="AUDIO",
+                   help="audio files (any rate, channels and format soundfile reads), folders (searched "
+                        f"recursively for {', '.join(AUDIO_EXTENSIONS)}) or {LIST_EXTENSION} files listing one path "
+                        "a line (# comments; relative paths from the list's folder)")
+    src = p.add_argument_group("model")
+    which = src.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="DIR",
+                       help="run folder of reproduce.py: every finished job's model (fold*/seed*)")
+    which.add_argument("--model", metavar="DIR", help="folder written by --export")
+    src.add_argument("--fold", metavar="K", help="only fold K's models (its seeds averaged)")
+    src.add_argument("--seed", type=int, metavar="S", help="only the models of seed S")
+    inp = p.add_argument_group("input")
+    inp.add_argument("--max-len", type=int, metavar="N",
+                     help="window in samples at 16 kHz (default: the run's max_len, the crop it trained on); hop N/2")
+    inp.add_argument("--crop", action="store_true", help="the first window only, as training and the fold's test")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="FILE", help="write the table here (atomically) instead of stdout")
+    out.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
+    out.add_argument("--segments", action="store_true", help="one row per window, with its start and end in seconds")
+    out.add_argument("--plot", metavar="PNG", help="with one input file: its class probabilities per window over time")
+    out.add_argument("--export", metavar="DIR", help="write the selected models as a self-contained folder "
+                     "(config.json, model.safetensors, README.md model card) and exit")
+    out.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                     help="--export: weights stored in this type (bf16: half the size; loaded back as fp32)")
+    run = p.add_argument_group("how it runs")
+    run.add_argument("--device", default="", metavar="DEV", help="cuda, cpu, ... (default: cuda when present); "
+                     "bf16 autocast on a GPU that has it, fp32 on a CPU")
+    run.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default: 16)")
+    run.add_argument("--workers", type=int, default=2, metavar="N",
+                     help="DataLoader processes decoding audio ahead (0: in this process; default: 2)")
+    run.add_argument("--bench", action="store_true", help="time N test utterances of the run's corpus batched, then "
+                     "one file at a time (batch 1, no workers) with the same models, and print the ratio")
+    run.add_argument("--n", type=int, default=200, help="--bench: utterances (default: 200)")
+    return p
+
+
+# ---------------------------------------------------------------------------- models
+
+
+@dataclass
+class Member:
+    """One model of the ensemble: a finished job of the run (fold, seed) and its test scores."""
+    fold: str
+    seed: int
+    model: torch.nn.Module
+    spec: dict
+    wa: float | None = None
+    ua: float | None = None
+    n_test: int | None = None
+
+    @property
+    def name(self):
+        return f"fold{self.fold}/seed{self.seed}"
+
+
+@dataclass
+class Setup:
+    """How the members saw their input; the same for every member of a run."""
+    classes: list
+    max_len: int  # the training crop: the default window
+    padding: str  # "fixed" or "dynamic" (train.pad)
+    sample_rate: int
+
+
+def rebuild(spec, state):
+    """SERModel of the spec (random init, no hub), then the saved weights (strict), in eval mode."""
+    model = model_from_spec(spec)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def select(jobs, fold, seed, where):
+    """The (fold, seed, ...) entries that --fold and --seed keep; one line when none is left."""
+    if fold is not None and not any(j[0] == fold for j in jobs):
+        raise UserError(f"--fold {fold}: {where} has fold {', '.join(sorted({j[0] for j in jobs}, key=runs.fold_key))}")
+    if seed is not None and not any(j[1] == seed and fold in (None, j[0]) for j in jobs):
+        seeds = sorted({j[1] for j in jobs if fold in (None, j[0])})
+        raise UserError(f"--seed {seed}: {where} has seed {', '.join(map(str, seeds))}"
+                        + (f" for fold {fold}" if fold is not None else ""))
+    return [j for j in jobs if fold in (None, j[0]) and seed in (None, j[1])]
+
+
+def load_run(run, fold=None, seed=None):
+    """(members, setup) from a run folder alone: model.json rebuilds each job's cut backbone,
+    best.safetensors fills it (its center_loss.* entries are the class centers of Eq. 5, not model weights)."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"--run {run}: no such folder")
+    old = sorted(d.name for d in run.glob("fold*") if (d / "metrics.json").exists())
+    if old:  # the layout before jobs (RUN/foldK/metrics.json): no model.json either
+        raise UserError(f"{run} predates model.json ({old[0]} has no model.json, the config predict.py rebuilds the "
+                        "model from): retrain it with reproduce.py")
+    finished = []
+    for job in sorted(runs.jobs_on_disk(run), key=lambda j: (runs.fold_key(j.fold), j.seed)):
+        d = run / job.name
+        if not (d / "metrics.json").exists():
+            continue
+        if not (d / "model.json").exists():
+            raise UserError(f"{run} predates model.json ({job.name} has no model.json, the config predict.py rebuilds "
+                            "the model from): retrain it with reproduce.py")
+        if (d / "best.safetensors").exists():  # absent: trained with --no-save
+            finished.append((job.fold, job.seed, d))
+    if not finished:
+        raise UserError(f"--run {run}: no finished job with saved weights (fold*/seed*/ with metrics.json, "
+                        "model.json and best.safetensors)")
+    members, setups = [], set()
+    for f, s, d in select(finished, fold, seed, str(run)):
+        info = json.loads((d / "model.json").read_text())
+        metrics = json.loads((d / "metrics.json").read_text())
+        state = {k: v for k, v in load_file(d / "best.safetensors").items() if not k.startswith("center_loss.")}
+        members.append(Member(f, s, rebuild(info["model"], state), info["model"], metrics["wa"], metrics["ua"],
+                              metrics.get("n_test")))
+        setups.add((tuple(info["classes"]), info["max_len"], info["padding"], info["sample_rate"]))
+    if len(setups) > 1:
+        raise UserError(f"{run}: its jobs differ in classes, max_len, padding or sample rate; "
+                        "choose one with --fold/--seed")
+    classes, max_len, padding, rate = setups.pop()
+    return members, Setup(list(classes), max_len, padding, rate)
+
+
+def load_export(folder, fold=None, seed=None):
+    """(members, setup) from a folder written by export()."""
+    folder = Path(folder)
+    if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
+        raise UserError(f"--model {folder}: not a folder written by predict.py --export (config.json and "
+                        "model.safetensors)")
+    config = json.loads((folder / "config.json").read_text())
+    weights = load_file(folder / "model.safetensors")
+    jobs = [(m["fold"], m["seed"], m) for m in config["members"]]
+    members = []
+    for f, s, m in select(jobs, fold, seed, str(folder)):
+        prefix = f"fold{f}.seed{s}."
+        state = {k[len(prefix):]: v.float() if v.is_floating_point() else v  # bf16 exports come back as fp32
+                 for k, v in weights.items() if k.startswith(prefix)}
+        members.append(Member(f, s, rebuild(config["model"], state), config["model"], m["wa"], m["ua"], m["n_test"]))
+    return members, Setup(config["classes"], config["window"], config["padding"], config["sample_rate"])
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def expand(inputs):
+    """Paths to predict, in the order given: a folder becomes its audio files (recursively, sorted),
+    a list file its lines; a path that does not exist stays, to get its error row."""
+    paths = []
+    for arg in inputs:
+        p = Path(arg)
+        if p.is_file() and p.suffix.lower() == LIST_EXTENSION:
+            try:
+                lines = p.read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise UserError(f"{arg}: cannot read this list of paths ({e})") from None
+            for line in lines:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    paths += expand_one(line if os.path.isabs(line) else os.path.join(os.path.dirname(arg), line))
+        else:
+            paths += expand_one(arg)
+    return paths
+
+
+def expand_one(arg):
+    if not os.path.isdir(arg):
+        return [arg]
+    found = sorted(str(p.relative_to(arg)) for p in Path(arg).rglob("*")
+                   if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not found:
+        warn(f"{arg}: no audio file ({', '.join(AUDIO_EXTENSIONS)}) in it")
+    return [os.path.join(arg, f) for f in found]
+
+
+def warn(message):
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def window_starts(n, window, crop=False):
+    """First samples of the windows of an n-sample recording: 0, then every half window while the
+    previous window ended before the recording did. --crop: the first window alone."""
+    hop = max(window // 2, 1)
+    starts = [0]
+    while not crop and starts[-1] + window < n:
+        starts.append(starts[-1] + hop)
+    return starts
+
+
+@dataclass
+class Recording:
+    """One input as decoded (in a DataLoader worker): its windows, ready for train.pad, or why it failed."""
+    index: int
+    path: str
+    samples: int = 0  # at 16 kHz
+    starts: list = dataclasses.field(default_factory=list)
+    waves: list = dataclasses.field(default_factory=list)  # float32 arrays, one per window
+    error: str = ""
+    probs: np.ndarray | None = None  # (windows, classes), filled by predict()
+
+    def prob(self):
+        """The file's probabilities: the unweighted mean of its windows'."""
+        return self.probs.mean(0)
+
+
+class Recordings(Dataset):
+    def __init__(self, paths, window, crop):
+        self.paths, self.window, self.crop = paths, window, crop
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        path = self.paths[i]
+        if not os.path.isfile(path):
+            return Recording(i, path, error=f"{path}: no such file")
+        try:
+            x = iemocap.load_audio(path)
+        except IemocapError as e:
+            return Recording(i, path, error=str(e))
+        except Exception as e:  # a decoder failing in a way of its own must not stop the other 9,999 files
+            first = (str(e).splitlines() or [""])[0]
+            return Recording(i, path, error=f"cannot read {path}: {type(e).__name__}: {first}")
+        starts = window_starts(len(x), self.window, self.crop)
+        waves = []
+        for s in starts:  # as UtteranceDataset: crop, peak of the crop, at least 400 samples
+            w = iemocap.peak_normalise(iemocap.crop(x[s:], self.window))
+            if len(w) < MIN_SAMPLES:
+                w = np.pad(w, (0, MIN_SAMPLES - len(w)))
+            waves.append(np.ascontiguousarray(w, dtype=np.float32))  # numpy: pickled through the worker's pipe,
+        return Recording(i, path, len(x), starts, waves)  # where a tensor would cost a shared-memory file each
+
+
+def _as_is(item):
+    return item
+
+
+def header_seconds(path):
+    """Duration from the file's header (no decoding), for sorting; 0 when it cannot be read."""
+    try:
+        return sf.info(path).duration
+    except Exception:  # unreadable: load_audio will say why
+        return 0.0
+
+
+# ---------------------------------------------------------------------------- prediction
+
+
+def resolve(device):
+    """(torch.device, precision): cuda when present; bf16 autocast on a GPU that has it, else fp32."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return device, "bf16" if bf16 else "fp32"
+
+
+@torch.inference_mode()
+def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=16, workers=2, progress=True):
+    """A Recording per path, in the order given, with .probs (windows, classes): each window's
+    mean over the members of softmax(logits). Files are decoded in `workers` processes, longest
+    first; their windows are sorted by length in pools of POOL batches and padded as the run trained."""
+    device, precision = resolve(str(device))
+    for m in members:
+        m.model.to(device)
+    pad_cfg = SimpleNamespace(padding=setup.padding, max_len=window)  # what train.pad reads
+    amp = SimpleNamespace(precision=precision)  # what train.autocast reads
+    order = sorted(range(len(paths)), key=lambda i: -header_seconds(paths[i]))
+    loader = DataLoader(Recordings(paths, window, crop), batch_size=None, sampler=order, collate_fn=_as_is,
+                        num_workers=min(workers, len(paths)))
+    done = [None] * len(paths)
+    where, probs = [], []  # (file, window) of each row of probs; probs stay on the device until the end
+
+    def forward(chunk):
+        waves = [w for _, _, w in chunk]
+        x, mask = train.pad(waves, [len(w) for w in waves], pad_cfg)  # (B, L), (B, L) or None
+        x = x.to(device, non_blocking=True)
+        mask = None if mask is None else mask.to(device, non_blocking=True)
+        with train.autocast(amp, device):
+            p = torch.stack([torch.softmax(m.model(x, mask)[1].float(), -1) for m in members]).mean(0)  # (B, classes)
+        probs.append(p)
+        where.extend((f, k) for f, k, _ in chunk)
+
+    def flush(pending, everything):
+        pending.sort(key=lambda t: len(t[2]))
+        cut = len(pending) if everything else len(pending) - len(pending) % batch_size
+        for s in range(0, cut, batch_size):
+            forward(pending[s:s + batch_size])
+        return pending[cut:]
+
+    pending = []
+    for rec in tqdm(loader, total=len(paths), unit="file", desc="predicting", leave=False, dynamic_ncols=True,
+                    disable=None if progress else True):  # disable=None: a bar on a terminal only
+        if rec.error:
+            warn(rec.error)
+        elif rec.samples < MIN_SAMPLES:
+            warn(f"{rec.path} has {rec.samples} samples (< {MIN_SAMPLES}, HuBERT's receptive field): zero-padded")
+        pending += [(rec.index, k, torch.from_numpy(w)) for k, w in enumerate(rec.waves)]
+        rec.waves = []
+        done[rec.index] = rec
+        if len(pending) >= POOL * batch_size:
+            pending = flush(pending, everything=False)
+    flush(pending, everything=True)
+    if probs:
+        stacked = torch.cat(probs).cpu().numpy()  # the one host sync
+        for rec in done:
+            if not rec.error:
+                rec.probs = np.zeros((len(rec.starts), len(setup.classes)), dtype=np.float32)
+        for (f, k), p in zip(where, stacked):
+            done[f].probs[k] = p
+    return done
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def rows(recordings, setup, window, segments):
+    """Dicts with the columns path, [start, end,] emotion, p_<class>..., seconds, error."""
+    rate, classes = setup.sample_rate, setup.classes
+    for rec in recordings:
+        if rec.error:
+            yield dict(path=rec.path, **(dict(start=None, end=None) if segments else {}), emotion=None,
+                       **{f"p_{c}": None for c in classes}, seconds=None, error=rec.error)
+            continue
+        seconds = rec.samples / rate
+        if segments:
+            parts = [(dict(start=s / rate, end=min(s + window, rec.samples) / rate), p)
+                     for s, p in zip(rec.starts, rec.probs)]
+        else:
+            parts = [({}, rec.prob())]
+        for times, p in parts:
+            yield dict(path=rec.path, **times, emotion=classes[int(np.argmax(p))],
+                       **{f"p_{c}": float(v) for c, v in zip(classes, p)}, seconds=seconds, error=None)
+
+
+def table(rows, as_json):
+    """CSV (probabilities to 6 decimals, seconds to 4) or JSON lines (full precision)."""
+    rows = list(rows)
+    if as_json:
+        return "".join(json.dumps(r) + "\n" for r in rows)
+    def cell(k, v):
+        if v is None:
+            return ""
+        return f"{v:.6f}" if k.startswith("p_") else f"{v:.4f}" if isinstance(v, float) else v
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if rows:
+        writer.writerow(rows[0].keys())
+    writer.writerows([cell(k, v) for k, v in r.items()] for r in rows)
+    return buf.getvalue()
+
+
+def plot(rec, setup, window, path):
+    """Each class's probability per window, at the window's centre in seconds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rate = setup.sample_rate
+    centres = [(s + min(s + window, rec.samples)) / 2 / rate for s in rec.starts]
+    fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
+    for c, column in zip(setup.classes, rec.probs.T):
+        ax.plot(centres, column, marker="o", ms=3, label=c)
+    ax.set(xlabel="time (s, window centre)", ylabel="probability", ylim=(0, 1),
+           title=f"{os.path.basename(rec.path)}: windows of {window / rate:.2f} s every {window // 2 / rate:.2f} s")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    train.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def export(members, setup, run, folder, dtype):
+    """config.json, model.safetensors (every member's weights under "fold{K}.seed{S}.": one file to
+    copy and one read to load) and README.md, a model card from the run's config.json and metrics."""
+    specs = [m.spec for m in members]
+    if any(s != specs[0] for s in specs):
+        raise UserError("the selected models differ in architecture: export one with --fold/--seed")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--export {folder}: is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    cast = torch.bfloat16 if dtype == "bf16" else torch.float32
+    weights = {f"fold{m.fold}.seed{m.seed}.{k}": (v.to(cast) if v.is_floating_point() else v).contiguous()
+               for m in members for k, v in m.model.state_dict().items()}
+    spec = specs[0]
+    config = dict(classes=setup.classes, sample_rate=setup.sample_rate, window=setup.max_len, hop=setup.max_len // 2,
+                  padding=setup.padding, pooling=spec["pooling"], layers=spec["layers"],
+                  backbone=spec["backbone_config"]["model_type"],
+                  members=[dict(fold=m.fold, seed=m.seed, wa=m.wa, ua=m.ua, n_test=m.n_test) for m in members],
+                  dtype=dtype, model=spec)  # one spec: the members of a run share their architecture
+    # readable by all (safetensors writes 0600): an export is made to be shared
+    train.atomic_write(folder / "model.safetensors", lambda tmp: (save_file(weights, tmp), os.chmod(tmp, 0o644)))
+    train.write_json(config, folder / "config.json")
+    card = model_card(members, setup, spec, Path(run), folder, dtype)
+    train.atomic_write(folder / "README.md", lambda tmp: tmp.write_text(card))
+    size = (folder / "model.safetensors").stat().st_size / 2 ** 20
+    print(f"exported {len(members)} model(s) ({', '.join(m.name for m in members)}) to {folder}: "
+          f"model.safetensors {size:.1f} MiB ({dtype}), config.json, README.md", file=sys.stderr)
+
+
+def model_card(members, setup, spec, run, folder, dtype):
+    """README.md of an export: what it is, how to call it, what it computes, the members' test
+    scores (metrics.json), the corpus and the settings of the run (config.json)."""
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    settings, corpus, env = saved.get("config", {}), saved.get("corpus", {}), saved.get("environment", {})
+    rate, window, backbone = setup.sample_rate, setup.max_len, spec["backbone_config"]
+    pct = lambda x: "-" if x is None else f"{100 * x:.2f}"
+    commit = f" (git commit {env['git_commit'][:10]})" if env.get("git_commit") else ""
+    padding = ("padded to the window with its mean, no attention mask" if setup.padding == "fixed" else
+               "zero-padded in length-sorted batches, with the attention mask")
+    lines = [f"# Speech emotion recognition: {', '.join(setup.classes)}", "",
+             f"{len(members)} model(s) trained by `reproduce.py` of this repository, a reproduction of Kang, Zhang and "
+             "Jiang, *Learning Robust Self-Attention Features for Speech Emotion Recognition with Label-Adaptive Mixup* "
+             f"(ICASSP 2023). Exported by `predict.py --export` from the run `{run.name}`{commit}.", ""]
+    if settings.get("demo"):
+        lines += ["**A demo model**: trained on the synthetic IEMOCAP-shaped corpus with a tiny random HuBERT. It "
+                  "shows that the pipeline works; it knows nothing of real emotional speech.", ""]
+    columns = ", ".join(f"p_{c}" for c in setup.classes)
+    lines += ["## Use", "", "```bash",
+              f"python predict.py --model {folder.name} audio.wav more/ list.txt  # CSV: path, emotion, {columns}, "
+              "seconds, error",
+              f"python predict.py --model {folder.name} --segments talk.wav       # one row per window",
+              "```", "",
+              "## What it computes", "",
+              f"- Classes, in the order of the output columns: {', '.join(setup.classes)}.",
+              f"- Input: any audio file soundfile reads, made mono and resampled to {rate} Hz, cut to windows of "
+              f"{window} samples ({window / rate:.2f} s, the crop the models trained on) every {window // 2} samples. "
+              f"Each window is divided by its own peak and {padding}, as in training. A file's probabilities are "
+              "the unweighted mean of its windows'.",
+              f"- Model: a {backbone['model_type']} encoder (hidden size {backbone['hidden_size']}) cut to its first "
+              f"{spec['layers']} layers, pooling `{spec['pooling']}`, a 64-d projection f0 and {len(setup.classes)} "
+              "logits (Fig. 1 of the paper).",
+              f"- Ensemble: the mean of the softmax probabilities of {', '.join(m.name for m in members)}.",
+              f"- Weights: `model.safetensors` in {dtype}, each model under the prefix `fold<K>.seed<S>.`"
+              + ("; loaded back as fp32, so probabilities differ from the run's by bf16 rounding." if dtype == "bf16"
+                 else "."), "",
+              "## Test results of the models", "",
+              "Each model was tested on its own fold's held-out test set (leave-one-session-out, Sec. 3.1 of the "
+              "paper). An ensemble of several folds has seen every session in training: it has no held-out score "
+              "on this corpus.", "",
+              "| fold | seed | WA (%) | UA (%) | test utterances |", "|---|---|---|---|---|"]
+    lines += [f"| {m.fold} | {m.seed} | {pct(m.wa)} | {pct(m.ua)} | {'-' if m.n_test is None else m.n_test} |"
+              for m in members]
+    if len(members) > 1:
+        wa, ua = np.mean([m.wa for m in members]), np.mean([m.ua for m in members])
+        lines.append(f"| **mean** | | **{pct(wa)}** | **{pct(ua)}** | |")
+    if corpus.get("paper") and not settings.get("demo"):
+        lines.append(f"| paper (Table 3) | | {pct(runs.PAPER['wa'])} | {pct(runs.PAPER['ua'])} | |")
+    lines += ["", "## Data", "",
+              f"Corpus: {corpus.get('name', 'unknown')}, classes {', '.join(corpus.get('classes', setup.classes))}.", ""]
+    if settings:
+        shown = {k: v for k, v in settings.items() if k not in RUN_ONLY and v not in ("", None)}
+        lines += ["## Training settings", "", "`reproduce.py` flags of the run (its `config.json`):", "",
+                  "| setting | value |", "|---|---|"] + [f"| `{flag(k)}` | {v} |" for k, v in shown.items()]
+        if env:
+            versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "transformers") if k in env)
+            lines += ["", f"Trained with {versions}" + (f" on {env['device_name']}" if env.get("device_name") else "")
+                      + "."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+
+def bench_paths(run, members, n):
+    """The first n test utterances of the members' folds (split/test.txt), as wav paths of the run's corpus."""
+    import corpus as corpora
+    saved = json.loads((Path(run) / "config.json").read_text())["config"]
+    known = {f.name for f in dataclasses.fields(Config)}
+    corpus = corpora.load(Config(**{k: v for k, v in saved.items() if k in known}))
+    wav = {u.id: u.wav for u in corpus.utterances}
+    ids = []
+    for m in members:
+        ids += [i for i in iemocap.read_split(Path(run) / m.name / "split")["test"] if i not in ids]
+    if not ids:
+        raise UserError(f"{run}: the selected jobs list no test utterance")
+    return [wav[i] for i in ids[:n]]
+
+
+def bench(members, setup, args):
+    """Batched prediction against one file at a time (batch 1, no workers), in one process with the
+    same models. The two alternate over chunks of BENCH_CHUNK files, each chunk timed both ways (in
+    turn first), so both see the same load of a shared machine; the totals give the ratio."""
+    if not args.run:
+        raise UserError("--bench needs --run (it predicts the run's own test utterances)")
+    paths = bench_paths(args.run, members, args.n)
+    device, precision = resolve(args.device)
+    window = args.max_len or setup.max_len
+    common = dict(members=members, setup=setup, window=window, crop=args.crop, device=device, progress=False)
+    batched = lambda chunk: predict(paths=chunk, batch_size=args.batch_size, workers=args.workers, **common)
+    single = lambda chunk: [predict(paths=[p], batch_size=1, workers=0, **common)[0] for p in chunk]
+    single(paths[:2])  # warm-up: allocator, thread pools, oneDNN kernels for both batch sizes
+    batched(paths[:2 * args.batch_size])
+    load = os.getloadavg()[0]
+    times, results = {"batched": 0.0, "single": 0.0}, {"batched": [], "single": []}
+    ratios = []
+    for k, s in enumerate(range(0, len(paths), BENCH_CHUNK)):
+        chunk, took = paths[s:s + BENCH_CHUNK], {}
+        for way in (("batched", "single") if k % 2 == 0 else ("single", "batched")):
+            t0 = time.perf_counter()
+            results[way] += batched(chunk) if way == "batched" else single(chunk)
+            took[way] = time.perf_counter() - t0
+            times[way] += took[way]
+        ratios.append(took["single"] / took["batched"])
+    audio = sum(r.samples for r in results["batched"]) / setup.sample_rate
+    windows = sum(len(r.starts) for r in results["batched"])
+    diff = max(float(np.abs(a.probs - b.probs).max()) for a, b in zip(results["batched"], results["single"]))
+    print(f"{len(paths)} files, {windows} windows, {audio:.1f} s of audio; {len(members)} model(s); window {window}, "
+          f"padding {setup.padding}; {train.device_name(device)}, {precision}, {torch.get_num_threads()} threads; "
+          f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"batched (batch {args.batch_size}, {args.workers} workers): {times['batched']:.2f} s, "
+          f"{audio / times['batched']:.1f} audio-s/s")
+    print(f"one file at a time (batch 1, no workers): {times['single']:.2f} s, {audio / times['single']:.1f} audio-s/s")
+    print(f"largest difference of a window probability between the two: {diff:.1e}")
+    print(f"per chunk of {BENCH_CHUNK} files: {min(ratios):.2f}x to {max(ratios):.2f}x")
+    print(f"batched / one at a time: {times['single'] / times['batched']:.2f}x")
+    return 0
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def check(args):
+    for name, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0), ("--n", args.n, 1),
+                             ("--max-len", args.max_len, MIN_SAMPLES)):
+        if value is not None and value < low:
+            raise UserError(f"{name} {value}: must be >= {low}")
+    if not (args.run or args.model):
+        raise UserError("no model: pass --run RUN_FOLDER (of reproduce.py) or --model EXPORTED_FOLDER")
+    if args.export and args.inputs:
+        raise UserError("--export writes the model folder and predicts nothing: give it no audio")
+    if args.export and not args.run:
+        raise UserError("--export needs --run (the model card is made from the run's config and metrics)")
+    if not (args.export or args.bench or args.inputs):
+        raise UserError("no audio given: pass files, folders or .txt lists (see --help)")
+    for name, path in (("--out", args.out), ("--plot", args.plot)):  # checked before minutes of predicting
+        if path and not Path(path).absolute().parent.is_dir():
+            raise UserError(f"{name} {path}: the folder {Path(path).absolute().parent} does not exist")
+
+
+def main_checked(args):
+    check(args)
+    load = load_run if args.run else load_export
+    members, setup = load(args.run or args.model, args.fold, args.seed)
+    if setup.sample_rate != iemocap.SAMPLE_RATE:
+        raise UserError(f"the models take {setup.sample_rate} Hz audio; predict.py reads at {iemocap.SAMPLE_RATE} Hz")
+    if args.export:  # --max-len given: the export's window
+        setup = dataclasses.replace(setup, max_len=args.max_len or setup.max_len)
+        export(members, setup, args.run, args.export, args.dtype)
+        return 0
+    if args.bench:
+        return bench(members, setup, args)
+    paths = expand(args.inputs)
+    if args.plot and len(paths) != 1:
+        raise UserError(f"--plot draws one recording: the inputs hold {len(paths)} files")
+    window = args.max_len or setup.max_len
+    device, precision = resolve(args.device)
+    rate = setup.sample_rate
+    print(f"{len(members)} model(s), softmax probabilities averaged: {', '.join(m.name for m in members)} | "
+          f"{'the first window' if args.crop else 'windows'} of {window / rate:.2f} s"
+          + ("" if args.crop else f" every {window // 2 / rate:.2f} s, averaged per file")
+          + f" | {setup.padding} padding as the run trained | {device.type}, {precision}", file=sys.stderr)
+    t0 = time.perf_counter()
+    recordings = predict(members, setup, paths, window, args.crop, device, args.batch_size, args.workers)
+    seconds = time.perf_counter() - t0
+    ok = [r for r in recordings if not r.error]
+    if not ok:
+        raise UserError(f"none of the {len(paths)} input file(s) could be read" if paths else
+                        "no audio file in the inputs")
+    text = table(rows(recordings, setup, window, args.segments), args.json)
+    if args.out:
+        train.atomic_write(args.out, lambda tmp: tmp.write_text(text))
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        plot(ok[0], setup, window, args.plot)
+    audio = sum(r.samples for r in ok) / rate
+    bad = len(recordings) - len(ok)
+    print(f"{len(ok)} files{f' ({bad} unreadable)' if bad else ''}, {sum(len(r.starts) for r in ok)} windows, "
+          f"{audio:.1f} s of audio in {seconds:.1f} s: {audio / seconds:.1f} audio-s/s", file=sys.stderr)
+    return 0
+
+
+def interruptible(args):
+    try:
+        return main_checked(args)
+    except KeyboardInterrupt:  # guarded's own message speaks of --resume, which predicting has not
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv=None):
+    return guarded(interruptible, parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""predict.py: the fold models of a run, or an export of them, on any audio file. One tiny run
+(fold 1, two seeds) is trained once for the module; the command lines run as a user would."""
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+import iemocap
+import predict
+from conftest import cli
+
+TINY = ["--demo", "--epochs", "1", "--max-len", "8000"]  # a job in a few seconds; windows of 0.5 s
+
+
+def json_rows(text):
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def probs(row, classes):
+    return np.array([row[f"p_{c}"] for c in classes])
+
+
+@pytest.fixture(scope="module")
+def run(small_corpus, tmp_path_factory):
+    """Fold 1 trained with seeds 0 and 1: an ensemble of two, and a fold with two seeds."""
+    out = tmp_path_factory.mktemp("predict") / "run"
+    done = cli("reproduce.py", *TINY, "--demo-corpus", small_corpus, "--fold", "1", "--seeds", "2", "--workers", "0",
+               "--out", out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def classes(run):
+    return json.loads((run / "fold1" / "seed0" / "model.json").read_text())["classes"]
+
+
+@pytest.fixture(scope="module")
+def test_wavs(run, small_corpus):
+    """fold1/seed0's test utterances: (wav path, label)."""
+    by_id = {u.id: u for u in iemocap.read_iemocap(small_corpus)}
+    return [(by_id[i].wav, by_id[i].label) for i in iemocap.read_split(run / "fold1" / "seed0" / "split")["test"]]
+
+
+@pytest.fixture(scope="module")
+def inputs(test_wavs, tmp_path_factory):
+    """a.wav and b.wav (16 kHz int16 mono), a44k.wav (a as 44.1 kHz float stereo), broken.wav (not audio),
+    and list.txt naming a44k.wav and b.wav by relative paths."""
+    folder = tmp_path_factory.mktemp("inputs")
+    shutil.copy(test_wavs[0][0], folder / "a.wav")
+    shutil.copy(test_wavs[1][0], folder / "b.wav")
+    x, rate = sf.read(folder / "a.wav", dtype="float32")
+    y = soxr.resample(x, rate, 44_100)
+    sf.write(folder / "a44k.wav", np.stack([y, 0.5 * y], axis=1), 44_100, subtype="FLOAT")
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00this is not a wav file at all")
+    (folder / "list.txt").write_text("# the copy, then b\na44k.wav\n\nb.wav\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mixed(run, inputs):
+    """The default ensemble on a.wav, the list (a44k.wav, b.wav) and broken.wav, as JSON lines."""
+    done = cli("predict.py", "--run", run, "--json", inputs / "a.wav", inputs / "list.txt", inputs / "broken.wav")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_windows_start_every_half_window_until_one_reaches_the_end():
+    assert predict.window_starts(8000, 8000) == [0]
+    assert predict.window_starts(8001, 8000) == [0, 4000]
+    assert predict.window_starts(20000, 8000) == [0, 4000, 8000, 12000]  # the last one ends at 20000
+    assert predict.window_starts(20000, 8000, crop=True) == [0]
+    assert predict.window_starts(100, 8000) == [0]
+
+
+def test_a_folder_gives_its_audio_files_recursively_in_sorted_order(tmp_path):
+    for name in ("b.wav", "a/z.flac", "a/c.WAV", "notes.txt", "a/d.ogg.part"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert predict.expand([str(tmp_path)]) == [str(tmp_path / n) for n in ("a/c.WAV", "a/z.flac", "b.wav")]
+
+
+@pytest.mark.parametrize("padding", ["fixed", "dynamic"])
+def test_a_window_gets_the_same_probabilities_alone_and_in_a_sorted_batch(run, test_wavs, padding):
+    members, setup = predict.load_run(run)
+    setup = dataclasses.replace(setup, padding=padding)  # dynamic: zero-padded to the batch's longest, with the mask
+    paths = [wav for wav, _ in test_wavs[:4]]
+    together = predict.predict(members, setup, paths, 8000, batch_size=8, workers=0, progress=False)
+    alone = [predict.predict(members, setup, [p], 8000, batch_size=1, workers=0, progress=False)[0] for p in paths]
+    for a, b in zip(together, alone, strict=True):
+        assert a.path == b.path and a.starts == b.starts and len(a.starts) > 1
+        assert np.abs(a.probs - b.probs).max() < 1e-5
+
+
+def test_rows_keep_the_input_order_and_a_list_names_paths_relative_to_its_folder(mixed, inputs):
+    paths = [r["path"] for r in json_rows(mixed.stdout)]
+    assert paths == [str(inputs / n) for n in ("a.wav", "a44k.wav", "b.wav", "broken.wav")]
+
+
+def test_ensemble_probabilities_sum_to_one_per_file(mixed, classes):
+    assert "2 model(s), softmax probabilities averaged: fold1/seed0, fold1/seed1" in mixed.stderr
+    readable = [r for r in json_rows(mixed.stdout) if not r["error"]]
+    assert len(readable) == 3
+    for r in readable:
+        p = probs(r, classes)
+        assert abs(p.sum() - 1) < 1e-5 and (p >= 0).all()
+        assert r["emotion"] == classes[int(p.argmax())]
+
+
+def test_a_44k_stereo_float_copy_gets_the_emotion_of_the_original(mixed, classes):
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in json_rows(mixed.stdout)}
+    original, copy = rows["a.wav"], rows["a44k.wav"]
+    assert copy["emotion"] == original["emotion"]
+    assert abs(copy["seconds"] - original["seconds"]) < 1e-3
+    assert np.abs(probs(copy, classes) - probs(original, classes)).max() < 0.01
+
+
+def test_an_unreadable_file_gets_an_error_row_and_the_others_are_predicted(mixed, inputs, classes):
+    broken = json_rows(mixed.stdout)[-1]
+    assert broken["path"] == str(inputs / "broken.wav") and "broken.wav" in broken["error"]
+    assert broken["emotion"] is None and all(broken[f"p_{c}"] is None for c in classes)
+    assert f"warning: cannot read {inputs / 'broken.wav'}" in mixed.stderr
+    assert "3 files (1 unreadable)" in mixed.stderr and "audio-s/s" in mixed.stderr.splitlines()[-1]
+
+
+def test_csv_has_a_column_per_class_of_the_run_and_an_empty_or_filled_error_column(run, inputs, classes, capsys):
+    code = predict.main(["--run", str(run), "--workers", "0", str(inputs / "b.wav"), str(inputs / "broken.wav")])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ",".join(["path", "emotion", *(f"p_{c}" for c in classes), "seconds", "error"])
+    assert lines[1].startswith(f"{inputs / 'b.wav'},") and lines[1].endswith(",")
+    assert lines[2].startswith(f"{inputs / 'broken.wav'},,,") and "cannot read" in lines[2]
+
+
+def test_one_fold_on_its_first_windows_gives_back_the_confusion_of_its_own_test(run, test_wavs, classes, tmp_path):
+    listed = tmp_path / "test.txt"
+    listed.write_text("".join(f"{wav}\n" for wav, _ in test_wavs))
+    out = tmp_path / "fold1.jsonl"
+    done = cli("predict.py", "--run", run, "--fold", "1", "--seed", "0", "--crop", "--json", "--out", out, listed)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ""  # the table went to --out
+    rows = json_rows(out.read_text())
+    assert [r["path"] for r in rows] == [wav for wav, _ in test_wavs]
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    for r, (_, label) in zip(rows, test_wavs):
+        confusion[classes.index(label), classes.index(r["emotion"])] += 1
+    metrics = json.loads((run / "fold1" / "seed0" / "metrics.json").read_text())
+    assert confusion.tolist() == metrics["confusion"]
+
+
+def test_segments_give_a_row_per_window_whose_mean_is_the_file_row_and_a_plot(run, inputs, mixed, classes, tmp_path):
+    png = tmp_path / "a.png"
+    done = cli("predict.py", "--run", run, "--json", "--segments", "--plot", png, inputs / "a.wav")
+    assert done.returncode == 0, done.stderr[-2000:]
+    windows = json_rows(done.stdout)
+    whole = json_rows(mixed.stdout)[0]
+    assert len(windows) == len(predict.window_starts(round(whole["seconds"] * 16_000), 8000)) > 1
+    assert [w["start"] for w in windows] == [0.25 * k for k in range(len(windows))]  # hop: 4000 samples
+    assert windows[-1]["end"] == pytest.approx(whole["seconds"]) and windows[0]["end"] == 0.5
+    mean = np.mean([probs(w, classes) for w in windows], axis=0)
+    assert np.abs(mean - probs(whole, classes)).max() < 1e-6
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    """The run exported in fp32 and in bf16."""
+    folder = tmp_path_factory.mktemp("exported")
+    for dtype in ("fp32", "bf16"):
+        assert predict.main(["--run", str(run), "--export", str(folder / dtype), "--dtype", dtype]) == 0
+    return folder
+
+
+def test_an_export_holds_the_config_the_weights_and_a_model_card(exported, classes):
+    config = json.loads((exported / "fp32" / "config.json").read_text())
+    assert config["classes"] == classes and config["window"] == 8000 and config["padding"] == "fixed"
+    assert [(m["fold"], m["seed"]) for m in config["members"]] == [("1", 0), ("1", 1)]
+    card = (exported / "fp32" / "README.md").read_text()
+    assert "| fold | seed | WA (%) | UA (%)" in card and "python predict.py --model" in card
+    assert sorted(p.name for p in (exported / "fp32").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_an_fp32_export_predicts_the_probabilities_of_the_run(exported, inputs, mixed, classes):
+    again = cli("predict.py", "--model", exported / "fp32", "--json", inputs / "a.wav", inputs / "list.txt",
+                inputs / "broken.wav")
+    assert again.returncode == 0, again.stderr
+    for a, b in zip(json_rows(again.stdout), json_rows(mixed.stdout), strict=True):
+        assert a["path"] == b["path"] and a["emotion"] == b["emotion"] and a["error"] == b["error"]
+        if not a["error"]:
+            assert np.abs(probs(a, classes) - probs(b, classes)).max() <= 1e-6
+
+
+def test_a_bf16_export_is_half_the_size_and_loads_back_as_fp32(exported):
+    size = lambda d: (exported / d / "model.safetensors").stat().st_size
+    assert 0.45 < size("bf16") / size("fp32") < 0.55
+    members, _ = predict.load_export(exported / "bf16")
+    assert {p.dtype for m in members for p in m.model.parameters()} == {torch.float32}
+
+
+def test_a_run_folder_without_model_json_is_refused_in_one_line(run, tmp_path, capsys):
+    old = tmp_path / "old"
+    (old / "fold1").mkdir(parents=True)  # the layout before jobs: RUN/foldK/{metrics.json, best.safetensors}
+    for name in ("metrics.json", "best.safetensors"):
+        shutil.copy(run / "fold1" / "seed0" / name, old / "fold1" / name)
+    assert predict.main(["--run", str(old), "a.wav"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "predates model.json" in err and "retrain" in err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--fold", "2"], "--fold 2: "),
+    (["--fold", "1", "--seed", "5"], "--seed 5: "),
+])
+def test_a_fold_or_seed_not_in_the_run_is_one_line(run, inputs, capsys, args, says):
+    assert predict.main(["--run", str(run), *args, str(inputs / "a.wav")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {says}")
+
+
+def test_no_readable_file_at_all_is_one_error_line_and_exit_2(run, inputs, tmp_path, capsys):
+    missing = tmp_path / "missing.wav"
+    assert predict.main(["--run", str(run), "--workers", "0", str(inputs / "broken.wav"), str(missing)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert sum(line.startswith("warning: ") for line in err) == 2
+    assert err[-1].startswith("error: none of the 2 input file(s) could be read")
