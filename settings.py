@@ -78,7 +78,7 @@ class Config:
     workers: int = arg(4, "DataLoader worker processes (0: load in the main process)")
     resume: bool = arg(False, "continue interrupted jobs in --out from their last finished epoch")
     no_save: bool = arg(False, "do not keep the best weights (best.safetensors) of each job")
-    shuffle_labels: bool = arg(False, "negative control: permute the training labels (results must stay at chance)")
+    shuffle_labels: bool = arg(False, "negative control: permute the labels of the training and validation utterances (test scores must stay at chance)")
     demo_corpus: str = arg("", "where --demo writes its synthetic corpus once (default: ~/.cache/ser-lam-mixup/)")
     demo_speaker_utterances: int = arg(40, "--demo: in-class utterances per speaker of the synthetic corpus")
 
@@ -208,7 +208,7 @@ def guarded(fn, *args):
     except FloatingPointError as e:
         say(f"error: {e}")
         return 1
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, its device-agnostic name, is torch >= 2.5
         say("error: out of GPU memory: try --padding dynamic, or a larger --grad-accum (the same batch in "
             "smaller pieces), then --resume with the same --out")
         return 1

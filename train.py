@@ -297,9 +297,12 @@ def run_job(cfg, corpus, fold, seed, job_dir, audio_cache):
 
     split = corpus.split(fold, seed=seed, val_fraction=cfg.val_fraction)
     train = split["train"]
-    if cfg.shuffle_labels:  # the negative control: sound and label no longer belong together
-        labels = np.random.default_rng(derive_seed(*key, 0, 4)).permutation([u.label for u in train])
-        train = [dataclasses.replace(u, label=str(lab)) for u, lab in zip(train, labels)]
+    if cfg.shuffle_labels:  # the negative control: sound and label no longer belong together wherever training
+        # or early stopping looks (true validation labels would pick a lucky epoch); the test keeps its own
+        pool = train + split["val"]
+        shuffled = np.random.default_rng(derive_seed(*key, 0, 4)).permutation([u.label for u in pool])
+        pool = [dataclasses.replace(u, label=str(label)) for u, label in zip(pool, shuffled)]
+        train, split["val"] = pool[:len(train)], pool[len(train):]
     make = lambda utts, aug: iemocap.UtteranceDataset(utts, classes, max_len=cfg.max_len, augment=aug, cache=audio_cache,
                                                       seed=derive_seed(*key))
     pairs = TrainPairs(train, make(train, cfg.augment), cfg, key)
