@@ -326,7 +326,7 @@ def markdown(s, run):
               "", "| fold | WA (%) | UA (%) | best epoch | seeds |", "|---|---|---|---|---|"]
     pm = lambda m, e: pct(e[m]) + ("" if e[f"{m}_std"] is None else f" +/- {pct(e[f'{m}_std'])}")
     for e in s["folds"]:
-        lines.append(f"| {e['fold']} | {pm('wa', e)} | {pm('ua', e)} | {e['best_epoch']:.1f} | {e['seeds']} |")
+        lines.append(f"| {e['fold']} | {pm('wa', e)} | {pm('ua', e)} | {e['best_epoch']:g} | {e['seeds']} |")
     k = len(s["seeds_complete"])
     if k:
         overall = lambda m: f"**{pct(s['mean'][m])}" + ("" if s["std"][m] is None else f" +/- {pct(s['std'][m])}") + "**"

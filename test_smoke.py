@@ -8,13 +8,13 @@ import sys
 
 import pytest
 import torch
-from transformers import HubertModel
+from transformers import AutoModel, BertConfig, HubertModel
 
 import bench
 import settings
 import train
 from conftest import HERE, cli
-from model import SERModel, tiny_config
+from model import FAMILIES, SERModel, tiny_config
 
 
 def test_demo_learns_emotion_from_sound_and_shuffled_labels_stay_at_chance(replica, tmp_path):
@@ -210,3 +210,24 @@ def test_authors_model_and_suite_model_of_the_bench_compute_the_same_logits_on_t
     x = 0.1 * torch.randn(2, 20_000)
     with torch.no_grad():
         torch.testing.assert_close(authors(x)[1], suite(x)[1], rtol=0, atol=1e-5)
+
+
+# ==== other backbones through the command line ====
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_tiny_checkpoint_of_each_family_in_a_folder_trains_a_demo_epoch(family, small_corpus, tmp_path):
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config(family)).save_pretrained(tmp_path / family)
+    done = cli("reproduce.py", "--demo", "--demo-corpus", small_corpus, "--backbone", tmp_path / family, "--layers", "2",
+               "--fold", "1", "--epochs", "1", "--max-len", "8000", "--out", tmp_path / "run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = json.loads((tmp_path / "run/fold1/seed0/model.json").read_text())["model"]
+    assert model["backbone_config"]["model_type"] == family and model["backbone_config"]["num_hidden_layers"] == 2
+    assert json.loads((tmp_path / "run/config.json").read_text())["config"]["hubert"] == str(tmp_path / family)
+
+
+def test_a_checkpoint_of_another_family_is_refused_before_anything_is_written(small_corpus, tmp_path):
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "bert")
+    done = cli("reproduce.py", "--demo", "--demo-corpus", small_corpus, "--hubert", tmp_path / "bert", "--out", tmp_path / "run")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1 and "'bert'" in done.stderr
+    assert not (tmp_path / "run").exists()
