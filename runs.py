@@ -67,33 +67,46 @@ def jobs_on_disk(run):
 
 def write_config(cfg, out, corpus):
     """config.json, written once (atomically, by whichever process comes first): the settings,
-    the corpus and where they ran. A process whose settings differ is refused."""
+    the corpus and where they ran. A process whose settings differ is refused, unless no job of
+    the folder has started: then a run that failed before training is rerun, corrected, in place."""
     path = Path(out) / "config.json"
     resolved = dict(config=vars(cfg).copy(), corpus=dict(name=corpus.name, classes=list(corpus.classes),
                                                           paper=corpus.paper), environment=environment(cfg))
     Path(out).mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_name(f"config.json.{HOST}-{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(resolved, indent=2) + "\n")
-        try:
+    changed = check_settings(cfg, out)
+    if path.exists() and not changed:
+        return
+    tmp = path.with_name(f"config.json.{HOST}-{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+    try:
+        if changed:
+            os.replace(tmp, path)  # the folder's settings were never used: these replace them
+        else:
             os.link(tmp, path)  # atomic, and fails if another process wrote it first
-        except FileExistsError:
-            pass
-        tmp.unlink()
-    check_settings(cfg, out)
+    except FileExistsError:
+        check_settings(cfg, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def started(out):
+    """Whether a job of the run folder has been claimed or trained."""
+    return any((d / name).exists() for d in Path(out).glob("fold*/seed*") for name in ("lock", "state.pt", "metrics.json"))
 
 
 def check_settings(cfg, out):
-    """Refuse a run folder whose config.json holds other settings than cfg (run-only fields aside)."""
+    """Refuse a run folder whose config.json holds other settings than cfg (run-only fields aside)
+    once a job has started. Returns the settings that differ (none were used yet, then)."""
     path = Path(out) / "config.json"
     if not path.exists():
-        return
+        return []
     saved = json.loads(path.read_text())["config"]
     changed = [k for k, v in vars(cfg).items() if k not in RUN_ONLY and saved.get(k) != v and
                not (k == "precision" and v == "auto")]
-    if changed:
+    if changed and started(out):
         shown = ", ".join(f"{flag(k)} {saved.get(k)} there, {getattr(cfg, k)} here" for k in changed)
         raise UserError(f"{out} holds a run with other settings ({shown}): choose another --out")
+    return changed
 
 
 def command_lines(script, given, out, names):

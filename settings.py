@@ -87,7 +87,7 @@ class Config:
 DEMO = dict(hubert="tiny", layers=3, max_len=32_000, lr=5e-4, lr_center=5e-3, epochs=8, patience=4, workers=0)
 
 # Fields that say which jobs run where, not what a job computes: processes sharing a run may differ in them.
-RUN_ONLY = {"fold", "seed", "seeds", "out", "device", "workers", "resume", "no_save"}
+RUN_ONLY = {"fold", "seed", "seeds", "out", "device", "workers", "resume", "no_save", "grad_accum"}
 
 
 class UserError(Exception):
@@ -209,8 +209,8 @@ def guarded(fn, *args):
         say(f"error: {e}")
         return 1
     except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, its device-agnostic name, is torch >= 2.5
-        say("error: out of GPU memory: try --padding dynamic, or a larger --grad-accum (the same batch in "
-            "smaller pieces), then --resume with the same --out")
+        say("error: out of GPU memory: rerun with a larger --grad-accum (the same batch in smaller pieces, the "
+            "same result), --resume and the same --out; --padding dynamic needs less memory too, in a new --out")
         return 1
     except KeyboardInterrupt:
         say("\ninterrupted: continue with --resume and the same --out")

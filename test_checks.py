@@ -1,6 +1,7 @@
 """Bad input fails fast and clearly: one line on stderr naming the flag, the value and what is
 allowed, exit status 2, before any audio is decoded or any model is built, and nothing written
 to --out."""
+import json
 import shutil
 
 import numpy as np
@@ -148,6 +149,16 @@ def test_a_nan_loss_stops_the_fold_with_a_message(small_corpus, tmp_path, capsys
                           "--out", tmp_path / "r"], capsys)
     assert code == 1 and "the loss became nan" in err
     assert not (tmp_path / "r" / "results.json").exists()
+    # no job got through an epoch: the corrected command (another --lr) runs in the same folder
+    monkeypatch.undo()
+    code, err = run_main(["--demo", "--demo-corpus", small_corpus, "--fold", "1", "--epochs", "1", "--max-len", "8000",
+                          "--lr", "1e-4", "--out", tmp_path / "r"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["lr"] == 1e-4
+    # once a job has trained, other settings are refused
+    code, err = run_main(["--demo", "--demo-corpus", small_corpus, "--fold", "2", "--lr", "3e-4", "--out", tmp_path / "r"],
+                         capsys)
+    assert code == 2 and "holds a run with other settings (--lr 0.0001 there, 0.0003 here)" in err
 
 
 def test_bad_fold_is_refused(tmp_path, capsys):
