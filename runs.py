@@ -70,12 +70,12 @@ def write_config(cfg, out, corpus):
     the corpus and where they ran. A process whose settings differ is refused, unless no job of
     the folder has started: then a run that failed before training is rerun, corrected, in place."""
     path = Path(out) / "config.json"
-    resolved = dict(config=vars(cfg).copy(), corpus=dict(name=corpus.name, classes=list(corpus.classes),
-                                                          paper=corpus.paper), environment=environment(cfg))
     Path(out).mkdir(parents=True, exist_ok=True)
     changed = check_settings(cfg, out)
     if path.exists() and not changed:
         return
+    resolved = dict(config=vars(cfg).copy(), corpus=dict(name=corpus.name, classes=list(corpus.classes),
+                                                          paper=corpus.paper), environment=environment(cfg))
     tmp = path.with_name(f"config.json.{HOST}-{os.getpid()}.tmp")
     tmp.write_text(json.dumps(resolved, indent=2) + "\n")
     try:
