@@ -89,6 +89,9 @@ def cells(args):
         for c in grid:
             c["augment"] = "none" if c.get("mixup", Config.mixup) == "none" else Config.augment
     names = [cell_name(c) for c in grid]
+    twins = sorted({n for n in names if names.count(n) > 1})
+    if twins:
+        raise UserError(f"two cells would share the folder {twins[0]}: give each swept value once, spelt one way")
     reference = args.pop("reference", None)
     if reference is None:
         ref = TABLE2_REFERENCE - 1 if table2 else 0
@@ -118,7 +121,7 @@ def run(args):
     if base.resume and not base.out or list_jobs and not base.out:
         raise UserError("--resume and --list-jobs need the --out folder of the ablation")
     corpus = corpora.load(base)
-    for cfg in configs:
+    for cfg in {(c.hubert, c.layers): c for c in configs}.values():  # one config read per backbone and depth
         check_backbone(cfg)
     if folds_arg is None:  # the paper's protocol on IEMOCAP; elsewhere the corpus's last fold plays session 5's part
         folds_arg = ["5"] if corpus.paper else corpus.folds[-1:]
@@ -135,6 +138,8 @@ def run(args):
     out = Path(base.out) if base.out else None
     if list_jobs:
         check_out(out)
+        for c, cfg in enumerate(configs):  # lines that the folder would refuse are not listed
+            runs.check_settings(cfg, out / cell_name(grid[c]))
         runs.list_jobs(__file__, given, out, [name(*j) for j in mine])
         return 0
 

@@ -111,10 +111,11 @@ def check_settings(cfg, out):
 
 def command_lines(script, given, out, names):
     """One complete shell command per job name: python, the script, the settings as given (paths
-    made absolute, so a line runs from any folder), --out, --job NAME and --resume."""
+    made absolute, so a line runs from any folder), --out, --job NAME and --resume. A flag left at
+    None or False is not given, so the line gets its default as the call did."""
     head = [sys.executable, str(Path(script).absolute())]
     for k, v in given.items():
-        if k in ("out", "resume", "list_jobs", "summary", "job") or v is False:
+        if k in ("out", "resume", "list_jobs", "summary", "job") or v is None or v is False:
             continue
         head.append(flag(k))
         if v is not True:

@@ -100,6 +100,12 @@ def test_every_range_is_checked(flag, value, allowed, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_two_spellings_of_one_swept_value_are_refused_before_they_share_a_folder(small_corpus, tmp_path):
+    done = cli("ablate.py", "--demo", "--demo-corpus", small_corpus, "--hubert", "tiny", "./tiny", "--out", tmp_path / "abl")
+    one_line_error(done, "hubert-tiny")
+    assert not (tmp_path / "abl").exists()
+
+
 def test_a_flag_of_the_wrong_type_is_one_line(tmp_path):
     one_line_error(cli("reproduce.py", "--demo", "--batch-size", "abc"), "--batch-size", "abc")
 

@@ -2,7 +2,9 @@
 import csv
 import dataclasses
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -82,6 +84,16 @@ def test_layer_sweep_writes_table_csv_and_plot_and_skips_finished_cells(small_co
     assert second.returncode == 0, second.stderr[-2000:]
     assert "--- " not in second.stdout and "epoch   1" not in second.stdout
     assert (tmp_path / "abl" / "ablation.md").read_text() == table
+
+    listed = cli("ablate.py", *args[:-1], tmp_path / "listed", "--list-jobs")  # the same sweep, job by job
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and not (tmp_path / "listed").exists()
+    for line in lines:
+        done = subprocess.run(shlex.split(line), capture_output=True, text=True, cwd="/",
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "listed" / "ablation.csv").read_text() == (tmp_path / "abl" / "ablation.csv").read_text()
 
 
 def test_table2_runs_its_seven_rows_with_the_paper_settings(small_corpus, tmp_path):
