@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModel, BertConfig, HubertModel
 
 import bench
+import reproduce
 import settings
 import train
 from conftest import HERE, cli
@@ -63,6 +64,25 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(small_corpus,
     history = lambda run: [{k: v for k, v in row.items() if k not in ("seconds", "audio_per_s")}
                            for row in json.loads((tmp_path / run / "fold2" / "seed0" / "metrics.json").read_text())["history"]]
     assert history("whole") == history("cut")
+
+
+def test_a_job_stopped_early_and_killed_before_its_test_trains_no_more_epochs_on_resume(small_corpus, tmp_path,
+                                                                                         monkeypatch, capsys):
+    # lr 1e-12: the second epoch cannot improve validation WA, so patience 1 stops the job after it
+    args = ["--demo", "--fold", "2", "--demo-corpus", str(small_corpus), "--epochs", "4", "--patience", "1",
+            "--lr", "1e-12", "--max-len", "8000", "--out", str(tmp_path / "run")]
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt  # as Ctrl-C between the last epoch and the test
+
+    monkeypatch.setattr(train, "load_file", killed)
+    assert reproduce.main(args) != 0
+    job = tmp_path / "run" / "fold2" / "seed0"
+    assert (job / "state.pt").exists() and not (job / "metrics.json").exists()
+    monkeypatch.undo()
+    assert reproduce.main(args + ["--resume"]) == 0, capsys.readouterr().err
+    epochs = [row["epoch"] for row in json.loads((job / "metrics.json").read_text())["history"]]
+    assert epochs == [1, 2] and "early stop" in capsys.readouterr().out
 
 
 def test_layer_sweep_writes_table_csv_and_plot_and_skips_finished_cells(small_corpus, tmp_path):

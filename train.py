@@ -179,7 +179,7 @@ def init_distributed(cfg):
     if size > cfg.batch_size:
         raise UserError(f"torchrun started {size} processes, more than --batch-size {cfg.batch_size}: each process "
                         "needs at least one utterance of every batch; use fewer processes or a larger batch")
-    if not cfg.device and torch.cuda.is_available():
+    if cfg.device in ("", "cuda") and torch.cuda.is_available():  # "cuda" names no GPU: this process's own
         cfg.device = f"cuda:{local}"
     if cfg.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(cfg.device))
@@ -342,24 +342,30 @@ def run_job(cfg, corpus, fold, seed, job_dir, audio_cache):
     net = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
 
     for epoch in range(es["epoch"] + 1, cfg.epochs + 1):
+        if es["bad_epochs"] >= cfg.patience:  # checked first: a job resumed after its early stop trains no more
+            if rank == 0:
+                print(f"{name}: early stop, no better validation WA for {cfg.patience} epochs")
+            break
         torch.manual_seed(derive_seed(*key, epoch, 5, rank))  # dropout
         pairs.set_epoch(epoch)
         parts = rank_batches(pairs.batches(cfg.batch_size, cfg.padding == "dynamic"), rank, size)
         loader = DataLoader(pairs, batch_sampler=[p for p, _ in parts], num_workers=cfg.workers,
                             collate_fn=partial(collate_train, cfg=cfg), pin_memory=device.type == "cuda")
         net.train()
-        t0, audio_seconds, sums = time.time(), torch.zeros(1), np.zeros(3)
+        t0, audio_seconds, sums = time.time(), 0.0, np.zeros(3)
         bar = tqdm(loader, desc=f"{name} epoch {epoch}", leave=False, dynamic_ncols=True,
                    disable=None if rank == 0 else True)  # disable=None: bars only on a terminal, not in logs
-        for batch, (_, weight) in zip(bar, parts):
+        for k, (batch, (_, weight)) in enumerate(zip(bar, parts), 1):
             if weight:  # real audio, no padding
-                audio_seconds += torch.maximum(batch[3], batch[4]).sum() / iemocap.SAMPLE_RATE
+                audio_seconds += torch.maximum(batch[3], batch[4]).sum().item() / iemocap.SAMPLE_RATE
             step = train_step(net, center_loss, opt, opt_c, scaler, batch, cfg, device, len(classes), weight,
                               where=f"{name} epoch {epoch}")
             sums += step
-            bar.set_postfix(loss=f"{sums[0] / (bar.n + 1):.3f}")
-        if size > 1:
-            dist.all_reduce(audio_seconds)
+            bar.set_postfix(loss=f"{sums[0] / k:.3f}")  # the mean so far (bar.n lags by up to tqdm's mininterval)
+        if size > 1:  # on the job's device: NCCL reduces CUDA tensors only
+            total = torch.tensor([audio_seconds], dtype=torch.float64, device=device)
+            dist.all_reduce(total)
+            audio_seconds = total.item()
         lr = opt.param_groups[0]["lr"]
         sched.step()
         sched_c.step()
@@ -378,7 +384,7 @@ def run_job(cfg, corpus, fold, seed, job_dir, audio_cache):
             es["bad_epochs"] += 1
         mean = (sums / len(parts)).tolist()
         row = dict(epoch=epoch, loss=mean[0], l_r=mean[1], l_c=mean[2], lr=lr, val_wa=val and val["wa"],
-                   val_ua=val and val["ua"], seconds=seconds, audio_per_s=audio_seconds.item() / seconds)
+                   val_ua=val and val["ua"], seconds=seconds, audio_per_s=audio_seconds / seconds)
         es["history"].append(row)
         es["epoch"] = epoch
         if rank == 0:
@@ -390,10 +396,6 @@ def run_job(cfg, corpus, fold, seed, job_dir, audio_cache):
                   + (f"val WA {val['wa']:.4f} UA {val['ua']:.4f}  " if val else "")
                   + f"lr {lr:.2e}  {seconds:.0f} s  {row['audio_per_s']:.0f} audio-s/s" + ("  *" if improved and val else ""),
                   flush=True)
-        if es["bad_epochs"] >= cfg.patience:
-            if rank == 0:
-                print(f"{name}: early stop, no better validation WA for {cfg.patience} epochs")
-            break
 
     if rank != 0:
         return None
