@@ -233,7 +233,7 @@ def fmt(v, digits=2):
 
 def markdown(rows, protocol, ref):
     keys = list(dict.fromkeys(k for r in rows for k in r["cell"]))
-    folds = sorted({f for r in rows for f, _ in r["done"]}, key=runs.fold_key)
+    folds = sorted({f for r in rows for f, _ in r["done"]}, key=corpora.fold_key)
     seeds = sorted({s for r in rows for _, s in r["done"]})
     head = keys + ["jobs", "WA (%)", "UA (%)", "paper WA", "paper UA", "ΔWA vs ref", "ΔUA vs ref"]
     lines = [f"Sec. {protocol} protocol"

@@ -32,6 +32,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from transformers import AutoModel
 
+import corpus as corpora
 import iemocap
 import train
 from losses import CenterLoss
@@ -177,8 +178,7 @@ def measure(name, cfg, warm, timed, width, args, device):
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam)
     opt_c = torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # no variant runs fp16
-    step = partial(train.train_step, model, center_loss, opt, opt_c, scaler, cfg=cfg, device=device,
-                   num_classes=len(iemocap.CLASSES), where=name)
+    step = partial(train.train_step, model, center_loss, opt, opt_c, scaler, cfg=cfg, device=device, where=name)
 
     torch.manual_seed(1)  # dropout
     for batch in warm:
@@ -252,7 +252,7 @@ def main(argv=None):
         print(f"writing a synthetic replica ({settings['per_speaker']} utterances per speaker) to {root}", flush=True)
         iemocap.make_synthetic_iemocap(root, utterances_per_speaker=settings["per_speaker"], **iemocap.IEMOCAP_LENGTHS)
     utterances = iemocap.read_iemocap(root)
-    train_set = iemocap.split_fold(utterances, 5)["train"]
+    train_set = corpora.from_iemocap(utterances).split("5")["train"]
     pipeline = {cache: pipeline_throughput(train_set, variants["fast"], settings["pipeline_batches"], args.workers, cache)
                 for cache in (False, True)}
 

@@ -16,12 +16,9 @@ set is a seeded, class-stratified share of the training list (iemocap.hold_out).
 import csv
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import soundfile as sf
 
 import iemocap
 from iemocap import CLASSES, IemocapError, Utterance
@@ -223,15 +220,15 @@ def from_table(path, audio_root, num_folds):
     utterances = []
     for row in rows:
         wav = Path(row["path"]) if Path(row["path"]).is_absolute() else audio_root / row["path"]
-        uid = str(row.get("id") or re.sub(r"\.[^.]*$", "", str(row["path"])))
+        uid = str(row.get("id") or os.path.splitext(str(row["path"]))[0])
         utterances.append(Utterance(id=uid, session=0, speaker=str(row.get("speaker", "")), label=str(row["label"]),
-                                    start=0.0, end=_seconds(wav), wav=str(wav), dialog="", improvised=False))
+                                    start=0.0, end=iemocap.header_seconds(wav), wav=str(wav), dialog="", improvised=False))
     if len({u.id for u in utterances}) < len(utterances):
         raise IemocapError(f"{path}: two rows have the same id (or path)")
     classes = tuple(sorted({u.label for u in utterances}))
     if by_fold:
         fold_of = [str(row["fold"]) for row in rows]
-        names = sorted(set(fold_of), key=lambda f: (0, int(f)) if f.isdigit() else (1, f))
+        names = sorted(set(fold_of), key=fold_key)
         tests = {f: {u.id for u, g in zip(utterances, fold_of) if g == f} for f in names}
     else:
         from sklearn.model_selection import GroupKFold
@@ -243,10 +240,6 @@ def from_table(path, audio_root, num_folds):
     return Corpus(path.stem, classes, sorted(utterances, key=lambda u: u.id), tests)
 
 
-def _seconds(wav):
-    """The length of an audio file in seconds from its header; 0 when it cannot be read (the
-    missing-file check names it, decoding names a broken one)."""
-    try:
-        return sf.info(str(wav)).duration
-    except Exception:
-        return 0.0
+def fold_key(fold):
+    """Folds in order: numbers by value (2 before 10), then names."""
+    return (0, int(fold), "") if fold.isdigit() else (1, 0, fold)

@@ -139,20 +139,6 @@ def check_iemocap(root, utterances, expected=PUBLISHED) -> list[str]:
 
 # ---- Leave-one-session-out folds (Sec. 3.1) ----
 
-def split_fold(utterances, fold, seed=0, val_fraction=0.1) -> dict:
-    """Fold k tests on session k (both its speakers) and trains on the other four (Sec. 3.1),
-    10% of them held out for validation (Sec. 3.4, `hold_out`)."""
-    if fold not in SESSIONS:
-        raise ValueError(f"fold must be one of {SESSIONS}, not {fold}")
-    test = [u for u in utterances if u.session == fold]
-    pool = [u for u in utterances if u.session != fold]
-    if not test or not pool:
-        raise IemocapError(f"fold {fold} needs session {fold} and at least one other session")
-    train, val = hold_out(pool, val_fraction, seed)
-    return {name: sorted(part, key=lambda u: u.id)
-            for name, part in (("train", train), ("val", val), ("test", test))}
-
-
 def hold_out(pool, val_fraction, seed):
     """(train, val): `val_fraction` of the pool held out for early stopping.
 
@@ -181,6 +167,15 @@ def read_split(folder) -> dict:
 
 # ---- Audio (BACKGROUND.md, "The authors' script": data) ----
 
+def header_seconds(path) -> float:
+    """A file's length in seconds from its header, without decoding it; 0 when it cannot be read
+    (the callers' own checks, or load_audio, then say why)."""
+    try:
+        return sf.info(str(path)).duration
+    except Exception:
+        return 0.0
+
+
 def load_audio(path) -> np.ndarray:
     """An audio file (wav, flac, ogg, ...) as float32 mono at 16 kHz, whatever rate, channels
     or sample format it holds. A file holding NaN or infinite samples is refused, by name."""
@@ -205,6 +200,16 @@ def peak_normalise(x) -> np.ndarray:
 def crop(x, max_len=100_000):
     """The first `max_len` samples (100,000 = 6.25 s in the paper)."""
     return x[:max_len]
+
+
+def prepare(x, max_len=100_000) -> np.ndarray:
+    """A waveform as the model sees it, in the authors' order: cropped to its first max_len
+    samples, divided by the peak of that crop, zero-padded to at least MIN_SAMPLES (HuBERT's
+    receptive field), float32. Training (UtteranceDataset) and predict.py both call it."""
+    x = peak_normalise(crop(x, max_len))
+    if len(x) < MIN_SAMPLES:
+        x = np.pad(x, (0, MIN_SAMPLES - len(x)))
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def decode(utterances, cache=None) -> dict:
@@ -289,11 +294,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         u = self.utterances[i]
         x = self.cache[u.id].astype(np.float32) / 32767 if self.cache is not None else load_audio(u.wav)
-        x = peak_normalise(crop(x, self.max_len))
         if len(x) < MIN_SAMPLES:
             warnings.warn(f"{u.id} has {len(x)} samples; zero-padded to {MIN_SAMPLES}, "
                           "HuBERT's receptive field")
-            x = np.pad(x, (0, MIN_SAMPLES - len(x)))
+        x = prepare(x, self.max_len)
         if self.augmentation is not None:
             with _seeded_global_rngs(self.seed, self.epoch, i):
                 x = self.augmentation(samples=x, sample_rate=SAMPLE_RATE)

@@ -34,7 +34,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import soundfile as sf
@@ -46,6 +45,7 @@ from tqdm import tqdm
 import iemocap
 import runs
 import train
+from corpus import fold_key
 from iemocap import MIN_SAMPLES, IemocapError
 from model import model_from_spec
 from settings import RUN_ONLY, Config, Parser, UserError, flag, guarded
@@ -134,7 +134,7 @@ def rebuild(spec, state):
 def select(jobs, fold, seed, where):
     """The (fold, seed, ...) entries that --fold and --seed keep; one line when none is left."""
     if fold is not None and not any(j[0] == fold for j in jobs):
-        raise UserError(f"--fold {fold}: {where} has fold {', '.join(sorted({j[0] for j in jobs}, key=runs.fold_key))}")
+        raise UserError(f"--fold {fold}: {where} has fold {', '.join(sorted({j[0] for j in jobs}, key=fold_key))}")
     if seed is not None and not any(j[1] == seed and fold in (None, j[0]) for j in jobs):
         seeds = sorted({j[1] for j in jobs if fold in (None, j[0])})
         raise UserError(f"--seed {seed}: {where} has seed {', '.join(map(str, seeds))}"
@@ -153,7 +153,7 @@ def load_run(run, fold=None, seed=None):
         raise UserError(f"{run} predates model.json ({old[0]} has no model.json, the config predict.py rebuilds the "
                         "model from): retrain it with reproduce.py")
     finished = []
-    for job in sorted(runs.jobs_on_disk(run), key=lambda j: (runs.fold_key(j.fold), j.seed)):
+    for job in runs.jobs_on_disk(run):
         d = run / job.name
         if not (d / "metrics.json").exists():
             continue
@@ -280,48 +280,35 @@ class Recordings(Dataset):
             first = (str(e).splitlines() or [""])[0]
             return Recording(i, path, error=f"cannot read {path}: {type(e).__name__}: {first}")
         starts = window_starts(len(x), self.window, self.crop)
-        waves = []
-        for s in starts:  # as UtteranceDataset: crop, peak of the crop, at least 400 samples
-            w = iemocap.peak_normalise(iemocap.crop(x[s:], self.window))
-            if len(w) < MIN_SAMPLES:
-                w = np.pad(w, (0, MIN_SAMPLES - len(w)))
-            waves.append(np.ascontiguousarray(w, dtype=np.float32))  # numpy: pickled through the worker's pipe,
-        return Recording(i, path, len(x), starts, waves)  # where a tensor would cost a shared-memory file each
+        # numpy, not tensors: pickled through the worker's pipe, where a tensor costs a shared-memory file each
+        return Recording(i, path, len(x), starts, [iemocap.prepare(x[s:], self.window) for s in starts])
 
 
 def _as_is(item):
     return item
 
 
-def header_seconds(path):
-    """Duration from the file's header (no decoding), for sorting; 0 when it cannot be read."""
-    try:
-        return sf.info(path).duration
-    except Exception:  # unreadable: load_audio will say why
-        return 0.0
-
-
 # ---------------------------------------------------------------------------- prediction
 
 
 def resolve(device):
-    """(torch.device, precision): cuda when present; bf16 autocast on a GPU that has it, else fp32."""
+    """(torch.device, precision): cuda when present, and its default precision (train.default_precision)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return device, "bf16" if bf16 else "fp32"
+    return device, train.default_precision(device)
 
 
 @torch.inference_mode()
 def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=16, workers=2, progress=True):
     """A Recording per path, in the order given, with .probs (windows, classes): each window's
-    mean over the members of softmax(logits). Files are decoded in `workers` processes, longest
-    first; their windows are sorted by length in pools of POOL batches and padded as the run trained."""
-    device, precision = resolve(str(device))
+    mean over the members of softmax(logits). Files are decoded in `workers` processes (longest
+    first under dynamic padding); their windows are sorted by length in pools of POOL batches and padded as the run trained."""
+    device = torch.device(device)
+    precision = train.default_precision(device)
     for m in members:
         m.model.to(device)
-    pad_cfg = SimpleNamespace(padding=setup.padding, max_len=window)  # what train.pad reads
-    amp = SimpleNamespace(precision=precision)  # what train.autocast reads
-    order = sorted(range(len(paths)), key=lambda i: -header_seconds(paths[i]))
+    order = range(len(paths))
+    if setup.padding == "dynamic":  # like lengths together pad less; fixed padding pads every window to the full one
+        order = sorted(order, key=lambda i: -iemocap.header_seconds(paths[i]))
     loader = DataLoader(Recordings(paths, window, crop), batch_size=None, sampler=order, collate_fn=_as_is,
                         num_workers=min(workers, len(paths)))
     done = [None] * len(paths)
@@ -329,10 +316,10 @@ def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=
 
     def forward(chunk):
         waves = [w for _, _, w in chunk]
-        x, mask = train.pad(waves, [len(w) for w in waves], pad_cfg)  # (B, L), (B, L) or None
+        x, mask = train.pad(waves, [len(w) for w in waves], setup.padding, window)  # (B, L), (B, L) or None
         x = x.to(device, non_blocking=True)
         mask = None if mask is None else mask.to(device, non_blocking=True)
-        with train.autocast(amp, device):
+        with train.autocast(precision, device):
             p = torch.stack([torch.softmax(m.model(x, mask)[1].float(), -1) for m in members]).mean(0)  # (B, classes)
         probs.append(p)
         where.extend((f, k) for f, k, _ in chunk)
@@ -640,16 +627,9 @@ def main_checked(args):
     return 0
 
 
-def interruptible(args):
-    try:
-        return main_checked(args)
-    except KeyboardInterrupt:  # guarded's own message speaks of --resume, which predicting has not
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-
-
-def main(argv=None):
-    return guarded(interruptible, parser().parse_args(argv))
+def main(argv=None):  # nothing to resume: a new call predicts anew
+    return guarded(main_checked, parser().parse_args(argv), interrupted="interrupted",
+                   out_of_memory="out of GPU memory: rerun with a smaller --batch-size")
 
 
 if __name__ == "__main__":

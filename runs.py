@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import stats
+from corpus import fold_key
 from settings import RUN_ONLY, UserError, flag
 from train import atomic_write, broadcast, environment, world, write_json
 
@@ -54,12 +55,12 @@ def parse_job(text):
 
 
 def jobs_on_disk(run):
-    """Every job that some process registered in this run (its folder exists)."""
+    """Every job that some process registered in this run (its folder exists), by fold, then seed."""
     found = []
     for d in Path(run).glob("fold*/seed*"):
         if d.is_dir() and d.name[4:].isdigit():
             found.append(Job(d.parent.name[4:], int(d.name[4:])))
-    return found
+    return sorted(found, key=lambda j: (fold_key(j.fold), j.seed))
 
 
 # ---------------------------------------------------------------------------- a run's settings
@@ -268,7 +269,7 @@ def summarise(run):
     with open(run / ".summary.lock", "a") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
         config = json.loads((run / "config.json").read_text())
-        expected = sorted({(j.fold, j.seed) for j in jobs_on_disk(run)}, key=lambda j: (fold_key(j[0]), j[1]))
+        expected = [(j.fold, j.seed) for j in jobs_on_disk(run)]
         done = {}
         for fold, seed in expected:
             path = run / f"fold{fold}" / f"seed{seed}" / "metrics.json"
@@ -281,10 +282,6 @@ def summarise(run):
         if done:
             plot(summary, done, run / "results.png")
     return table
-
-
-def fold_key(fold):
-    return (0, int(fold), "") if fold.isdigit() else (1, 0, fold)
 
 
 def aggregate(expected, done, config):

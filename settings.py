@@ -196,9 +196,13 @@ def check_out(out):
         raise UserError(f"--out {out}: cannot be written ({e.strerror} in {parent})") from None
 
 
-def guarded(fn, *args):
+def guarded(fn, *args, interrupted="interrupted: continue with --resume and the same --out",
+            out_of_memory="out of GPU memory: rerun with a larger --grad-accum (the same batch in smaller pieces, the "
+                          "same result), --resume and the same --out; --padding dynamic needs less memory too, in a "
+                          "new --out"):
     """Run fn; bad input and known failures end as one line on stderr (from one process under
-    torchrun) and a non-zero exit status."""
+    torchrun) and a non-zero exit status. `interrupted` and `out_of_memory` say what to do next
+    (by default, how to continue a training run)."""
     say = (lambda m: print(m, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda m: None)
     try:
         return fn(*args)
@@ -209,11 +213,10 @@ def guarded(fn, *args):
         say(f"error: {e}")
         return 1
     except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, its device-agnostic name, is torch >= 2.5
-        say("error: out of GPU memory: rerun with a larger --grad-accum (the same batch in smaller pieces, the "
-            "same result), --resume and the same --out; --padding dynamic needs less memory too, in a new --out")
+        say(f"error: {out_of_memory}")
         return 1
     except KeyboardInterrupt:
-        say("\ninterrupted: continue with --resume and the same --out")
+        say(f"\n{interrupted}")
         return 130
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -12,8 +12,9 @@ import torch
 
 import iemocap
 from conftest import cli, expected_counts, four_class, linked_copy
+from corpus import from_iemocap
 from iemocap import (CLASSES, IemocapError, Utterance, UtteranceDataset, check_iemocap, count_utterances, crop,
-                     load_audio, make_synthetic_iemocap, peak_normalise, read_iemocap, read_split, split_fold,
+                     load_audio, make_synthetic_iemocap, peak_normalise, read_iemocap, read_split,
                      write_split)
 
 
@@ -144,36 +145,36 @@ def test_cli_exits_0_when_the_counts_match(replica, written, monkeypatch, capsys
 
 def test_folds_are_disjoint_and_cover_every_utterance(utterances):
     for fold in range(1, 6):
-        split = split_fold(utterances, fold)
+        split = from_iemocap(utterances).split(str(fold))
         ids = [u.id for part in split.values() for u in part]
         assert sorted(ids) == sorted(u.id for u in utterances)
 
 
 def test_fold_k_tests_on_exactly_session_k(utterances):
     for fold in range(1, 6):
-        split = split_fold(utterances, fold)
+        split = from_iemocap(utterances).split(str(fold))
         assert {u.id for u in split["test"]} == {u.id for u in utterances if u.session == fold}
         assert all(u.session != fold for u in split["train"] + split["val"])
 
 
 def test_validation_is_a_class_stratified_tenth_of_the_training_sessions(utterances):
-    split = split_fold(utterances, 5)
+    split = from_iemocap(utterances).split("5")
     pool = split["train"] + split["val"]
     assert len(split["val"]) == round(0.1 * len(pool))
     pool_share = Counter(u.label for u in pool)
     val_share = Counter(u.label for u in split["val"])
     for c in CLASSES:
         assert abs(val_share[c] - 0.1 * pool_share[c]) <= 1
-    assert split_fold(utterances, 5, val_fraction=0)["val"] == []
+    assert from_iemocap(utterances).split("5", val_fraction=0)["val"] == []
 
 
 def test_split_is_deterministic_per_seed_and_differs_across_seeds(utterances):
-    assert split_fold(utterances, 2, seed=1) == split_fold(utterances, 2, seed=1)
-    assert split_fold(utterances, 2, seed=1)["val"] != split_fold(utterances, 2, seed=2)["val"]
+    assert from_iemocap(utterances).split("2", seed=1) == from_iemocap(utterances).split("2", seed=1)
+    assert from_iemocap(utterances).split("2", seed=1)["val"] != from_iemocap(utterances).split("2", seed=2)["val"]
 
 
 def test_written_split_reads_back_as_the_same_ids(utterances, tmp_path):
-    split = split_fold(utterances, 4, seed=7)
+    split = from_iemocap(utterances).split("4", seed=7)
     write_split(split, tmp_path / "run")
     assert read_split(tmp_path / "run") == {k: [u.id for u in v] for k, v in split.items()}
 

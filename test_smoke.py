@@ -175,8 +175,8 @@ def tiny_model(pooling="first"):
 
 def run(model, waves, cfg):
     """(z, logits) in fp32 for waveforms padded and autocast as reproduce.py does under cfg."""
-    x, mask = train.pad(waves, [len(w) for w in waves], cfg)
-    with torch.no_grad(), train.autocast(cfg, CPU):
+    x, mask = train.pad(waves, [len(w) for w in waves], cfg.padding, cfg.max_len)
+    with torch.no_grad(), train.autocast(cfg.precision, CPU):
         z, logits = model(x, mask)
     return z.float(), logits.float()
 
@@ -197,7 +197,7 @@ def test_dynamic_padding_with_an_all_ones_mask_equals_fixed_padding_without_mask
     torch.manual_seed(1)
     waves = [0.1 * torch.randn(16_000) for _ in range(3)]
     model = tiny_model()
-    assert train.pad(waves, [16_000] * 3, FAST)[1].all()  # the fast path does pass a mask, of ones
+    assert train.pad(waves, [16_000] * 3, FAST.padding, FAST.max_len)[1].all()  # the fast path does pass a mask, of ones
     z, logits = run(model, waves, DEFAULT)
     z_fast, logits_fast = run(model, waves, dataclasses.replace(FAST, precision="fp32"))
     torch.testing.assert_close(z_fast, z, rtol=0, atol=1e-5)

@@ -86,14 +86,14 @@ class TrainPairs(Dataset):
         return batches
 
 
-def pad(waves, lengths, cfg):
+def pad(waves, lengths, padding, max_len):
     """(B, L) waveforms and (B, L) attention mask, or None for fixed padding.
 
     fixed: every item padded to max_len with its own mean and no mask (the authors' setting).
     dynamic: zeros up to the batch's longest item, and a mask so the model ignores them.
     """
-    if cfg.padding == "fixed":
-        x = torch.stack([torch.cat([w, w.mean().expand(cfg.max_len - len(w))]) for w in waves])
+    if padding == "fixed":
+        x = torch.stack([torch.cat([w, w.mean().expand(max_len - len(w))]) for w in waves])
         return x, None
     L = max(int(l) for l in lengths)
     x = torch.zeros(len(waves), L)
@@ -107,14 +107,14 @@ def collate_train(items, cfg):
     x_i, l_i, y_i, x_j, l_j, y_j = zip(*items)
     l_i, l_j = torch.tensor(l_i), torch.tensor(l_j)
     l_ij = torch.maximum(l_i, l_j)  # Eq. 1: the mix is as long as the longer one
-    x_i, mask = pad(x_i, l_ij, cfg)
-    x_j, _ = pad(x_j, l_ij, cfg)
+    x_i, mask = pad(x_i, l_ij, cfg.padding, cfg.max_len)
+    x_j, _ = pad(x_j, l_ij, cfg.padding, cfg.max_len)
     return x_i, x_j, mask, l_i, l_j, torch.tensor(y_i), torch.tensor(y_j)
 
 
 def collate_eval(items, cfg):
     x, l, y = zip(*items)
-    x, mask = pad(x, l, cfg)
+    x, mask = pad(x, l, cfg.padding, cfg.max_len)
     return x, mask, torch.tensor(y)
 
 
@@ -134,8 +134,8 @@ def build_model(cfg, num_classes, init_seed):
     return model
 
 
-def autocast(cfg, device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+def autocast(precision, device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -144,7 +144,7 @@ def evaluate(model, loader, cfg, device, desc, classes):
     model.eval()
     y_true, y_pred = [], []
     for x, mask, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
-        with autocast(cfg, device):
+        with autocast(cfg.precision, device):
             _, logits = model(x.to(device), None if mask is None else mask.to(device))
         y_true.append(y)
         y_pred.append(logits.argmax(1).cpu())
@@ -213,7 +213,7 @@ def rank_batches(batches, rank, size):
 # ---------------------------------------------------------------------------- one step
 
 
-def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, num_classes, weight=1.0, where=""):
+def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, weight=1.0, where=""):
     """One optimizer step on a collate_train batch: Eq. 1, Eq. 3 (or 2), forward, Eq. 4-6,
     backward, both Adam steps. Returns [L, L_r, L_c] of the (global) batch.
 
@@ -222,7 +222,7 @@ def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, num_c
     that DistributedDataParallel takes over the ranks equals the single-process gradient."""
     _, size = world()
     x_i, x_j, mask, l_i, l_j, y_i, y_j = (None if t is None else t.to(device, non_blocking=True) for t in batch)
-    onehot = lambda y: torch.nn.functional.one_hot(y, num_classes).float()
+    onehot = lambda y: torch.nn.functional.one_hot(y, len(center_loss.centers)).float()  # a center per class
     y_i, y_j, lam = onehot(y_i), onehot(y_j), cfg.mixup_lambda
     x = mix_waveforms(x_i, x_j, lam)  # Eq. 1 (unmixed items are their own partner)
     if cfg.mixup == "conventional":
@@ -237,7 +237,7 @@ def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, num_c
     for s in starts:  # micro-batches of --grad-accum; under torchrun the gradients are all-reduced after the last
         part = slice(s, s + micro)
         with model.no_sync() if size > 1 and s != starts[-1] else nullcontext():
-            with autocast(cfg, device):
+            with autocast(cfg.precision, device):
                 z, logits = model(x[part], None if mask is None else mask[part])
             l_r = recognition_loss(logits.float(), y[part])  # Eq. 4
             l_c = center_loss(z.float(), y[part].argmax(1))  # Eq. 5
@@ -358,7 +358,7 @@ def run_job(cfg, corpus, fold, seed, job_dir, audio_cache):
         for k, (batch, (_, weight)) in enumerate(zip(bar, parts), 1):
             if weight:  # real audio, no padding
                 audio_seconds += torch.maximum(batch[3], batch[4]).sum().item() / iemocap.SAMPLE_RATE
-            step = train_step(net, center_loss, opt, opt_c, scaler, batch, cfg, device, len(classes), weight,
+            step = train_step(net, center_loss, opt, opt_c, scaler, batch, cfg, device, weight,
                               where=f"{name} epoch {epoch}")
             sums += step
             bar.set_postfix(loss=f"{sums[0] / k:.3f}")  # the mean so far (bar.n lags by up to tqdm's mininterval)
@@ -428,8 +428,12 @@ def resolve_device(cfg):
                             "pass --device cpu to run it there anyway")
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.precision == "auto":
-        bf16 = cfg.device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        cfg.precision = "bf16" if bf16 else "fp32"
+        cfg.precision = default_precision(torch.device(cfg.device))
+
+
+def default_precision(device):
+    """bf16 autocast on a GPU that has it, else fp32."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def device_name(device):
