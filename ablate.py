@@ -20,18 +20,15 @@ import itertools
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch.distributed as dist
 
 import corpus as corpora
-import iemocap
 import runs
 import stats
-from settings import Config, UserError, check_backbone, check_config, check_out, config_parser, guarded, make_config
-from train import broadcast, init_distributed, resolve_device, run_job, world
+from settings import Config, UserError, check_backbone, check_config, config_parser, guarded, make_config
+from train import run_job, world
 
 SWEEPS = ["hubert", "layers", "dropout", "pooling", "mixup", "center_weight"]  # flags that take a list of values
 
@@ -54,9 +51,10 @@ TABLE1_PAPER = {0.0: (69.46, 70.66), 0.1: (69.94, 70.49), 0.2: (69.46, 70.41),
 METRICS = ("wa", "ua")
 
 
-def paper_numbers(cell, protocol):
-    """(WA, UA) in % that the paper reports for this cell, or None (Fig. 2 gives no numbers)."""
-    if "hubert" in cell:
+def paper_numbers(cell, protocol, config):
+    """(WA, UA) in % that the paper reports for this cell, or None: Fig. 2 gives no numbers, and
+    the paper ran IEMOCAP only (config: the cell's config.json, as runs.aggregate reads it)."""
+    if "hubert" in cell or not config["corpus"]["paper"]:
         return None
     if protocol == "3.3" and cell.get("layers", 22) == 22 and "dropout" in cell:
         return TABLE1_PAPER.get(cell["dropout"])
@@ -136,31 +134,16 @@ def run(args):
     if not mine:
         raise UserError(f"--job {job_filter}: not a job of this ablation (e.g. {name(*jobs[0])})")
     out = Path(base.out) if base.out else None
+    folders = {cell_name(cell): cfg for cell, cfg in zip(grid, configs)}
     if list_jobs:
-        check_out(out)
-        for c, cfg in enumerate(configs):  # lines that the folder would refuse are not listed
-            runs.check_settings(cfg, out / cell_name(grid[c]))
-        runs.list_jobs(__file__, given, out, [name(*j) for j in mine])
+        runs.list_jobs(__file__, given, out, [name(*j) for j in mine], folders)
         return 0
 
-    init_distributed(base)
-    rank, size = world()
-    resolve_device(base)
-    out = Path(broadcast(str(out or Path("runs") / time.strftime("ablate-%Y%m%d-%H%M%S"))))
-    check_out(out)
-    for c, cfg in enumerate(configs):
-        cfg.device, cfg.precision, cfg.out = base.device, base.precision, str(out / cell_name(grid[c]))
-        runs.check_settings(cfg, cfg.out)
-    cache = iemocap.decode(corpus.utterances)  # a broken wav stops here, before anything is written
+    out, cache = runs.start(folders, out, "ablate-%Y%m%d-%H%M%S", corpus, [name(*j) for j in jobs])
+    rank = world()[0]
     if rank == 0:
-        for c, cfg in enumerate(configs):
-            runs.write_config(cfg, cfg.out, corpus)
-        for c, job in jobs:
-            (out / name(c, job)).mkdir(parents=True, exist_ok=True)
         print(f"ablation folder {out}  |  Sec. {protocol} protocol  |  {len(grid)} cells x folds {', '.join(folds)} x "
               f"{len(seeds)} seeds = {len(jobs)} jobs  |  reference: {cell_name(grid[ref])}", flush=True)
-    if size > 1:
-        dist.barrier()
 
     def train(cj):
         c, job = cj
@@ -214,10 +197,10 @@ def report(grid, protocol, ref, out):
     """ablation.md (returned, to print), ablation.csv, ablation.png (scores per cell; for --layers,
     Fig. 2) and ablation_diff.png (the paired differences to the reference, a forest plot).
     Serialised by flock(2) on OUT/.report.lock, as runs.summarise."""
-    import fcntl
-    with open(out / ".report.lock", "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        rows = compare([dict(cell=c, done=cell_results(out, c), paper=paper_numbers(c, protocol)) for c in grid], ref)
+    with runs.locked(out / ".report.lock"):
+        configs = [json.loads((out / cell_name(c) / "config.json").read_text()) for c in grid]
+        rows = compare([dict(cell=c, done=cell_results(out, c), paper=paper_numbers(c, protocol, config))
+                        for c, config in zip(grid, configs)], ref)
         table = markdown(rows, protocol, ref)
         runs.atomic_write(out / "ablation.md", lambda tmp: tmp.write_text(table))
         write_csv(rows, out / "ablation.csv")
@@ -283,16 +266,9 @@ def write_csv(rows, path):
     runs.atomic_write(path, write)
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_cells(rows, path, protocol):
     """WA and UA of each cell, mean ± std over its jobs. A sweep of --layers alone is Fig. 2."""
-    plt = _pyplot()
+    plt = runs.pyplot()
     rows = [r for r in rows if r["done"]]
     numeric = len(rows[0]["cell"]) == 1 and all(isinstance(v, (int, float)) for r in rows for v in r["cell"].values())
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 3.8), layout="constrained")
@@ -321,7 +297,7 @@ def plot_cells(rows, path, protocol):
 
 def plot_differences(rows, ref, path):
     """Forest plot: each cell's mean paired difference to the reference with its bootstrap interval."""
-    plt = _pyplot()
+    plt = runs.pyplot()
     others = [r for i, r in enumerate(rows) if i != ref and r["d_wa"]["mean"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * max(len(others), 1) + 1.6), sharey=True, layout="constrained")
     y = np.arange(len(others))[::-1]

@@ -395,9 +395,7 @@ def table(rows, as_json):
 
 def plot(rec, setup, window, path):
     """Each class's probability per window, at the window's centre in seconds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = runs.pyplot()
 
     rate = setup.sample_rate
     centres = [(s + min(s + window, rec.samples)) / 2 / rate for s in rec.starts]
@@ -450,7 +448,6 @@ def model_card(members, setup, spec, run, folder, dtype):
     saved = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
     settings, corpus, env = saved.get("config", {}), saved.get("corpus", {}), saved.get("environment", {})
     rate, window, backbone = setup.sample_rate, setup.max_len, spec["backbone_config"]
-    pct = lambda x: "-" if x is None else f"{100 * x:.2f}"
     commit = f" (git commit {env['git_commit'][:10]})" if env.get("git_commit") else ""
     padding = ("padded to the window with its mean, no attention mask" if setup.padding == "fixed" else
                "zero-padded in length-sorted batches, with the attention mask")
@@ -485,13 +482,13 @@ def model_card(members, setup, spec, run, folder, dtype):
               "paper). An ensemble of several folds has seen every session in training: it has no held-out score "
               "on this corpus.", "",
               "| fold | seed | WA (%) | UA (%) | test utterances |", "|---|---|---|---|---|"]
-    lines += [f"| {m.fold} | {m.seed} | {pct(m.wa)} | {pct(m.ua)} | {'-' if m.n_test is None else m.n_test} |"
+    lines += [f"| {m.fold} | {m.seed} | {runs.pct(m.wa)} | {runs.pct(m.ua)} | {'-' if m.n_test is None else m.n_test} |"
               for m in members]
     if len(members) > 1:
         wa, ua = np.mean([m.wa for m in members]), np.mean([m.ua for m in members])
-        lines.append(f"| **mean** | | **{pct(wa)}** | **{pct(ua)}** | |")
+        lines.append(f"| **mean** | | **{runs.pct(wa)}** | **{runs.pct(ua)}** | |")
     if corpus.get("paper") and not settings.get("demo"):
-        lines.append(f"| paper (Table 3) | | {pct(runs.PAPER['wa'])} | {pct(runs.PAPER['ua'])} | |")
+        lines.append(f"| paper (Table 3) | | {runs.pct(runs.PAPER['wa'])} | {runs.pct(runs.PAPER['ua'])} | |")
     lines += ["", "## Data", "",
               f"Corpus: {corpus.get('name', 'unknown')}, classes {', '.join(corpus.get('classes', setup.classes))}.", ""]
     if settings:

@@ -13,17 +13,13 @@ authors ran (README, "Differences from the authors' script").
 """
 import json
 import sys
-import time
 from pathlib import Path
 
-import torch.distributed as dist
-
 import corpus as corpora
-import iemocap
 import runs
-from runs import Job
-from settings import UserError, check_backbone, check_config, check_out, config_parser, guarded, make_config
-from train import broadcast, init_distributed, resolve_device, run_job, world
+from settings import UserError, check_backbone, check_config, config_parser, guarded, make_config
+from train import run_job, world
+
 
 def parser():
     p = config_parser(__doc__.split("\n\n")[0])
@@ -56,35 +52,22 @@ def run(cfg, given):
     check_config(cfg)
     corpus = corpora.load(cfg)
     check_backbone(cfg)
-    jobs = [Job(f, s) for s in range(cfg.seed, cfg.seed + cfg.seeds) for f in folds_of(cfg, corpus)]
+    jobs = [runs.Job(f, s) for s in range(cfg.seed, cfg.seed + cfg.seeds) for f in folds_of(cfg, corpus)]
     mine = jobs
     if given.get("job"):
         mine = [runs.parse_job(given["job"])]
         if mine[0] not in jobs:
             raise UserError(f"--job {given['job']}: not a job of this run ({jobs[0].name} .. {jobs[-1].name})")
     if given.get("list_jobs"):
-        check_out(out)
-        runs.check_settings(cfg, out)
-        runs.list_jobs(__file__, given, out, [j.name for j in mine])
+        runs.list_jobs(__file__, given, out, [j.name for j in mine], {"": cfg})
         return 0
 
-    init_distributed(cfg)
+    out, cache = runs.start({"": cfg}, out, "%Y%m%d-%H%M%S", corpus, [j.name for j in jobs])
     rank, size = world()
-    resolve_device(cfg)
-    out = Path(broadcast(str(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))))
-    cfg.out = str(out)
-    check_out(out)
-    runs.check_settings(cfg, out)
-    cache = iemocap.decode(corpus.utterances)  # a broken wav stops the run here, before anything is written
     if rank == 0:
-        runs.write_config(cfg, out, corpus)
-        for job in jobs:  # registered: the summary counts every job of the run, started or not
-            (out / job.name).mkdir(parents=True, exist_ok=True)
         print(f"run folder {out}  |  {corpus.name}: {len(corpus.utterances)} utterances, {len(corpus.classes)} classes  |  "
               f"{len(mine)} jobs  |  device {cfg.device}, {cfg.precision}" + (f", {size} processes" if size > 1 else ""),
               flush=True)
-    if size > 1:
-        dist.barrier()
 
     def train(job):
         if rank == 0:

@@ -11,6 +11,7 @@ exists. The lock is also held with flock(2) while the job trains, so a lock whos
 is told apart from a live one on the same host; such a lock is taken over with --resume. A lock
 held from another host is never taken over: the user removes it.
 """
+import contextlib
 import fcntl
 import json
 import os
@@ -22,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
+import iemocap
 import stats
 from corpus import fold_key
-from settings import RUN_ONLY, UserError, flag
-from train import atomic_write, broadcast, environment, world, write_json
+from settings import RUN_ONLY, UserError, check_out, flag
+from train import atomic_write, broadcast, environment, init_distributed, resolve_device, world, write_json
 
 HOST = socket.gethostname()
 PAPER = {"wa": 0.7537, "ua": 0.7604}  # Table 3, "Proposed": one run of the five folds
@@ -125,12 +128,43 @@ def command_lines(script, given, out, names):
     return [shlex.join(head + ["--out", str(Path(out).absolute()), "--job", name, "--resume"]) for name in names]
 
 
-def list_jobs(script, given, out, names):
-    """--list-jobs: print the command line of each unfinished job among `names` (folders under out)."""
+def list_jobs(script, given, out, names, configs):
+    """--list-jobs: print the command line of each unfinished job among `names` (folders under out).
+    configs: {folder under out: Config} of the run folders, checked first: a folder that would
+    refuse the lines gets none listed."""
+    check_out(out)
+    for sub, cfg in configs.items():
+        check_settings(cfg, Path(out) / sub)
     todo = [n for n in names if not (Path(out) / n / "metrics.json").exists()]
     for line in command_lines(script, given, out, todo):
         print(line)
     print(f"{len(todo)} of {len(names)} jobs unfinished in {out}", file=sys.stderr)
+
+
+def start(configs, out, stamp, corpus, job_dirs):
+    """What every process of a run does before its first job: join torchrun's group, settle the
+    device, agree on the run folder (rank 0's: out, or runs/<time.strftime(stamp)>), check it and
+    the settings, decode the audio (a broken wav stops here, before anything is written); rank 0
+    then writes each config.json and registers every job's folder, so the summary counts jobs
+    not started yet. configs: {folder under out: Config} ("" for out itself); job_dirs: folders
+    under out. Returns (out, the decoded audio)."""
+    base = next(iter(configs.values()))
+    init_distributed(base)
+    resolve_device(base)
+    out = Path(broadcast(str(out or Path("runs") / time.strftime(stamp))))
+    check_out(out)
+    for sub, cfg in configs.items():
+        cfg.device, cfg.precision, cfg.out = base.device, base.precision, str(out / sub)
+        check_settings(cfg, cfg.out)
+    cache = iemocap.decode(corpus.utterances)
+    if world()[0] == 0:
+        for cfg in configs.values():
+            write_config(cfg, cfg.out, corpus)
+        for d in job_dirs:
+            (out / d).mkdir(parents=True, exist_ok=True)
+    if world()[1] > 1:
+        dist.barrier()
+    return out, cache
 
 
 def tell_skipped(out, skipped):
@@ -261,13 +295,28 @@ def work(jobs, resume, train, finished):
 # ---------------------------------------------------------------------------- summary
 
 
+@contextlib.contextmanager
+def locked(path):
+    """flock(2) on the file `path` for the block: the processes that rebuild one report take turns."""
+    with open(path, "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        yield
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files (Agg), imported when first needed: it is slow to import."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def summarise(run):
     """results.json, results.md and results.png of the run folder, from every finished job's
     metrics.json. Serialised by flock(2) on RUN/.summary.lock: two processes finishing at
     once write in turn, and the later one reads what the earlier wrote. Returns the table."""
     run = Path(run)
-    with open(run / ".summary.lock", "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+    with locked(run / ".summary.lock"):
         config = json.loads((run / "config.json").read_text())
         expected = [(j.fold, j.seed) for j in jobs_on_disk(run)]
         done = {}
@@ -367,9 +416,7 @@ def plot(summary, done, path):
     """Learning curves of every job (one column per fold: training loss above, validation WA
     and UA below, one line per seed) and the pooled confusion matrix, row-normalised, counts
     in the cells."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     folds = sorted({f for f, _ in done}, key=fold_key)
     n = len(folds)
