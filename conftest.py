@@ -14,6 +14,7 @@ import iemocap
 from iemocap import CLASSES, make_synthetic_iemocap, read_iemocap
 
 HERE = Path(__file__).parent
+TINY = ["--demo", "--epochs", "1", "--max-len", "8000"]  # a job in a few seconds; windows of 0.5 s
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +59,14 @@ def cli(script, *args, timeout=600):
     return subprocess.run([sys.executable, str(HERE / script), *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
 
+
+def one_line_error(done, *words):
+    """Exit 2, exactly one line on stderr, starting with "error:" and naming each word; no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
 
 
 @pytest.fixture(scope="session")

@@ -12,17 +12,8 @@ from transformers import HubertModel
 
 import reproduce
 import train
-from conftest import cli
+from conftest import cli, one_line_error
 from model import tiny_config
-
-
-def one_line_error(done, *words):
-    """Exit 2, exactly one line on stderr, starting with "error:" and naming each word; no traceback."""
-    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +29,14 @@ def two_layer_hubert(tmp_path_factory):
     (["--max-len", "100"], ["--max-len 100", ">= 400"]),
     (["--lr", "-1"], ["--lr -1", "> 0"]),
     (["--batch-size", "2", "--grad-accum", "4"], ["--batch-size 2", "--grad-accum"]),
-    (["--layers", "3", "HUBERT2"], ["--layers 3", "1..2"]),
+    (["--layers", "3", "--hubert", "HUBERT2"], ["--layers 3", "1..2"]),
     (["--out", "FILE"], ["--out", "is a file"]),
     (["--out", "/proc/ser-lam-check/run"], ["--out /proc/ser-lam-check/run", "cannot be written"]),
 ])
 def test_a_bad_setting_is_one_line_naming_the_flag_and_nothing_is_written(bad, words, small_corpus, two_layer_hubert,
                                                                           tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
-    bad = [str(two_layer_hubert) if b == "HUBERT2" else str(tmp_path / "a-file") if b == "FILE" else b for b in bad]
-    if bad[-1] == str(two_layer_hubert):
-        bad = [bad[0], bad[1], "--hubert", bad[2]]
+    bad = [{"HUBERT2": str(two_layer_hubert), "FILE": str(tmp_path / "a-file")}.get(b, b) for b in bad]
     out = [] if "--out" in bad else ["--out", tmp_path / "run"]
     done = cli("reproduce.py", "--demo", "--demo-corpus", small_corpus, *out, *bad)
     one_line_error(done, *words)
@@ -107,7 +96,8 @@ def test_two_spellings_of_one_swept_value_are_refused_before_they_share_a_folder
 
 
 def test_a_flag_of_the_wrong_type_is_one_line(tmp_path):
-    one_line_error(cli("reproduce.py", "--demo", "--batch-size", "abc"), "--batch-size", "abc")
+    one_line_error(cli("reproduce.py", "--demo", "--batch-size", "abc", "--out", tmp_path / "run"), "--batch-size", "abc")
+    assert not (tmp_path / "run").exists()
 
 
 def run_main(argv, capsys):

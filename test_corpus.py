@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import corpus as corpora
-from conftest import cli
+from conftest import cli, one_line_error
 from iemocap import IemocapError, read_iemocap
 
 
@@ -40,6 +40,14 @@ def test_the_replica_through_its_manifest_scores_as_through_iemocap(small_corpus
     assert "paper" not in (tmp_path / "emobox/results.md").read_text()  # the paper's numbers are IEMOCAP's only
 
 
+def test_an_ablation_on_a_manifest_shows_no_paper_numbers(small_corpus, tmp_path):
+    args = ["--demo", "--dropout", "0.4", "--epochs", "1", "--max-len", "8000"]  # Table 1's 0.4 row: 70.99 / 72.83
+    done = cli("ablate.py", *args, "--manifest", emobox(small_corpus), "--audio-root", small_corpus, "--out", tmp_path / "abl")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| 0.4 | 1 |" in (tmp_path / "abl/ablation.md").read_text()
+    assert "70.99" not in (tmp_path / "abl/ablation.md").read_text()  # the paper's numbers are IEMOCAP's only
+
+
 def three_class_csv(root, path, columns=("path", "label", "speaker")):
     """The replica's ang, sad and neu utterances renamed angry, sad and calm, one row each."""
     names = {"ang": "angry", "sad": "sad", "neu": "calm"}
@@ -70,7 +78,10 @@ def test_a_csv_with_a_fold_column_leaves_each_fold_out(small_corpus, tmp_path):
     path = three_class_csv(small_corpus, tmp_path / "mine.csv", columns=("id", "path", "label", "fold"))
     corpus = corpora.from_manifest(path, small_corpus)
     assert corpus.folds == ["1", "2", "3", "4", "5"]
-    assert {u.id[4] for u in corpus.split("3")["test"]} == {"3"}
+    for fold in corpus.folds:
+        split = corpus.split(fold)
+        assert {u.id[4] for u in split["test"]} == {fold}
+        assert fold not in {u.id[4] for u in split["train"] + split["val"]}
     assert corpus.split("3")["test"][0].id.startswith("Ses03")
 
 
@@ -98,14 +109,6 @@ def test_classes_flag_keeps_those_classes_in_that_order(small_corpus):
     assert all(u.label in ("neu", "ang") for u in kept.split("1")["test"])
     with pytest.raises(IemocapError, match="--classes neu,fear"):
         corpora.keep_classes(corpus, "neu,fear")
-
-
-def one_line_error(done, *words):
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def demo_on(manifest, tmp_path, *extra):

@@ -12,9 +12,7 @@ import torch
 
 import iemocap
 import predict
-from conftest import cli
-
-TINY = ["--demo", "--epochs", "1", "--max-len", "8000"]  # a job in a few seconds; windows of 0.5 s
+from conftest import TINY, cli
 
 
 def json_rows(text):

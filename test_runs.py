@@ -11,9 +11,7 @@ import sys
 import pytest
 
 import runs
-from conftest import HERE, cli
-
-TINY = ["--demo", "--epochs", "1", "--max-len", "8000"]  # a job in a few seconds
+from conftest import HERE, TINY, cli
 
 
 def numbers(run, job):
@@ -119,7 +117,7 @@ def test_a_job_held_by_a_live_process_or_another_host_is_not_taken(single_run, s
 
 
 def test_torchrun_two_processes_give_the_single_process_losses_and_scores(small_corpus, tmp_path):
-    args = [*TINY, "--demo-corpus", small_corpus, "--fold", "2", "--epochs", "2", "--max-len", "16000",
+    args = ["--demo", "--demo-corpus", small_corpus, "--fold", "2", "--epochs", "2", "--max-len", "16000",
             "--dropout", "0", "--augment", "none", "--precision", "fp32", "--grad-accum", "2"]
     one = cli("reproduce.py", *args, "--out", tmp_path / "one")
     assert one.returncode == 0, one.stderr[-2000:]
@@ -130,7 +128,7 @@ def test_torchrun_two_processes_give_the_single_process_losses_and_scores(small_
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = numbers(tmp_path / "one", "fold2/seed0"), numbers(tmp_path / "two", "fold2/seed0")
     assert len(a["history"]) == 2
-    for row_a, row_b in zip(a["history"], b["history"]):
+    for row_a, row_b in zip(a["history"], b["history"], strict=True):
         assert row_b["loss"] == pytest.approx(row_a["loss"], abs=1e-5)
     assert (a["wa"], a["ua"], a["confusion"]) == (b["wa"], b["ua"], b["confusion"])
     config = json.loads((tmp_path / "two" / "config.json").read_text())

@@ -121,6 +121,7 @@ def test_table2_runs_its_seven_rows_with_the_paper_settings(small_corpus, tmp_pa
                "--layers", "1", "--out", tmp_path / "t2")
     assert done.returncode == 0, done.stderr[-2000:]
     cells = sorted((tmp_path / "t2").glob("*/config.json"))
+    assert len(cells) == 7
     settings = {tuple(json.loads(p.read_text())["config"][k] for k in ("pooling", "mixup", "center_weight", "augment",
                                                                        "val_fraction"))
                 for p in cells}

@@ -9,13 +9,14 @@ import stats
 
 def test_three_seed_loso_scores_give_mean_std_and_t_interval_by_hand():
     scores = [0.70, 0.72, 0.74]
-    assert np.mean(scores) == pytest.approx(0.72)
+    assert np.mean(scores) == pytest.approx(0.72)  # the hand-worked mean the interval below centres on
     # sample std: sqrt(((-0.02)^2 + 0 + 0.02^2) / (3 - 1)) = 0.02
     assert stats.std(scores) == pytest.approx(0.02)
     # t(0.975, 2) = 4.303: 0.72 +/- 4.303 * 0.02 / sqrt(3) = 0.72 +/- 0.04969
     lo, hi = stats.t_interval(scores)
     half = 4.302653 * 0.02 / math.sqrt(3)
     assert lo == pytest.approx(0.72 - half, abs=1e-6) and hi == pytest.approx(0.72 + half, abs=1e-6)
+    assert (lo + hi) / 2 == pytest.approx(0.72)
 
 
 def test_one_value_has_no_std_and_no_interval():
