@@ -238,7 +238,8 @@ def markdown(rows, protocol, ref):
               "difference to the reference over the jobs both cells have (same fold and seed: same split, "
               "initialisation and draws), in points, [bootstrap 95 % interval, 10,000 resamples of the pairs], "
               "two-sided sign-flip permutation p (exact up to 16 pairs). With one pair the interval is a point and "
-              "p = 1: repeat with --seeds or --folds all."]
+              "p = 1: repeat with --seeds or --folds all. With n pairs p cannot fall below 2/2^n (5 pairs: 0.0625), "
+              "and a bootstrap interval over few pairs is too narrow: trust a difference that p also supports."]
     return "\n".join(lines) + "\n"
 
 

@@ -172,11 +172,8 @@ def measure(name, cfg, warm, timed, width, args, device):
         for layer in model.backbone.encoder.layers:
             layer.compile(dynamic=True)
     center_loss = CenterLoss(len(iemocap.CLASSES), 64).to(device)
-    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
-    if name != "authors":
-        adam["fused"] = device.type == "cuda"  # as train.run_job
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam)
-    opt_c = torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam)
+    # the authors' Adam is torch's default; the suite's is fused on a GPU, as train.run_job
+    opt, opt_c = train.optimizers(cfg, model, center_loss, fused=None if name == "authors" else device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # no variant runs fp16
     step = partial(train.train_step, model, center_loss, opt, opt_c, scaler, cfg=cfg, device=device, where=name)
 

@@ -237,10 +237,10 @@ def make_augmentation(name):
     authors' +/-10 dB for Gain. PitchShift keeps its default method, not
     librosa_phase_vocoder (30 s of numba compilation on first use).
     """
-    import audiomentations as am  # imported here: it pulls in librosa, slow to import
-
     if name == "none":
         return None
+    import audiomentations as am  # imported here, when needed: it pulls in librosa, slow to import
+
     if name == "authors":
         return am.Compose([am.Gain(min_gain_db=-10, max_gain_db=10, p=0.3),
                            am.PolarityInversion(p=0.9)], p=0.8)

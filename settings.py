@@ -107,10 +107,10 @@ def config_parser(description, sweep=(), skip=()):
     for f in dataclasses.fields(Config):
         if f.name in skip:
             continue
-        name = "--" + f.name.replace("_", "-")
+        name = flag(f.name)
         shown = "" if f.type is bool or f.default == "" else f" (default: {f.default})"
         if f.name == "demo":
-            shown = " (sets " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in DEMO.items()) + " unless given)"
+            shown = " (sets " + " ".join(f"{flag(k)} {v}" for k, v in DEMO.items()) + " unless given)"
         names = [name, "--backbone"] if f.name == "hubert" else [name]  # --backbone: the same flag, for any family
         kw = dict(help=f.metadata["help"] + shown, default=argparse.SUPPRESS, dest=f.name)
         if f.type is bool:

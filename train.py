@@ -213,6 +213,13 @@ def rank_batches(batches, rank, size):
 # ---------------------------------------------------------------------------- one step
 
 
+def optimizers(cfg, model, center_loss, fused=None):
+    """Sec. 3.2: Adam for the model at --lr, and for the centers of Eq. 5 at --lr-center."""
+    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
+    return (torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam),
+            torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam))
+
+
 def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, weight=1.0, where=""):
     """One optimizer step on a collate_train batch: Eq. 1, Eq. 3 (or 2), forward, Eq. 4-6,
     backward, both Adam steps. Returns [L, L_r, L_c] of the (global) batch.
@@ -321,9 +328,7 @@ def run_job(cfg, corpus, fold, seed, job_dir, audio_cache):
         write_json(dict(model=model.spec(), classes=list(classes), sample_rate=iemocap.SAMPLE_RATE,
                         max_len=cfg.max_len, padding=cfg.padding, fold=fold, seed=seed), job_dir / "model.json")
     center_loss = CenterLoss(len(classes), model.f0.out_features).to(device)  # Eq. 5
-    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=device.type == "cuda")  # fused: same maths, one kernel
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam)
-    opt_c = torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam)
+    opt, opt_c = optimizers(cfg, model, center_loss, fused=device.type == "cuda")  # fused: same maths, one kernel
     decay = lambda e: cfg.lr_decay ** min(e, cfg.lr_decay_epochs)  # Sec. 3.2: /1.25 per epoch until the 20th
     sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
     sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, decay)
