@@ -280,7 +280,7 @@ def plot_cells(rows, path, protocol):
         ax.set_xlabel({"layers": "self-attention layers kept"}.get(key, key))
     else:
         x = np.arange(len(rows))
-        ax.set_xticks(x, [cell_name(r["cell"]).replace("_", "\n") for r in rows], fontsize=7)
+        ax.set_xticks(x, ["\n".join(f"{k} {v}" for k, v in r["cell"].items()) for r in rows], fontsize=7)
         ax.set_xlim(-0.6, len(rows) - 0.4)
     for m, shift in zip(METRICS, (-0.08, 0.08)):
         mean = [r[m]["mean"] for r in rows]
@@ -310,10 +310,12 @@ def plot_differences(rows, ref, path):
         for yi, e in zip(y, d):
             ax.annotate(f"p={e['p']:.2g}", (e["ci"][1], yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
         ax.axvline(0, color="k", lw=0.8)
-        ax.set(xlabel=f"Δ{m.upper()} vs {cell_name(rows[ref]['cell'])} (points)")
+        ax.set(xlabel=f"Δ{m.upper()} (points)")
+        ax.margins(x=0.15)  # room for the p beside the largest interval
         ax.grid(alpha=0.3, axis="x")
     axes[0].set_yticks(y, [cell_name(r["cell"]) for r in others], fontsize=8)
-    fig.suptitle("paired differences to the reference: mean [bootstrap 95 % interval]", fontsize=10)
+    fig.suptitle(f"paired differences to the reference, {cell_name(rows[ref]['cell'])}: mean [bootstrap 95 % interval]",
+                 fontsize=10)
     runs.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
