@@ -6,7 +6,7 @@ with a reference cell on paired jobs; every job trained by train.run_job, reprod
     python ablate.py --table2                             # Table 2  (Sec. 3.4 protocol)
     python ablate.py --table2 --folds all --seeds 3       # ... on every fold, 3 seeds: which claims survive?
     python ablate.py --pooling first avg --mixup none adaptive --center-weight 0 0.002   # any grid
-    python ablate.py --hubert facebook/hubert-large-ll60k microsoft/wavlm-large --layers 12   # backbones
+    python ablate.py --backbone facebook/hubert-large-ll60k microsoft/wavlm-large --layers 12   # backbones
 
 The paper trains on sessions 1-4 and tests on session 5 (--folds 5, the default); --folds all
 runs every cell on the five leave-one-session-out folds. Sec. 3.3: exactly 5 epochs, no
@@ -25,42 +25,34 @@ from pathlib import Path
 import numpy as np
 
 import corpus as corpora
+import paper
 import runs
 import stats
-from settings import Config, UserError, check_backbone, check_config, config_parser, guarded, make_config
-from train import run_job, world
+from settings import Config, UserError, check_config, config_parser, guarded, make_config
+from util import atomic_write, locked, pyplot
 
-SWEEPS = ["hubert", "layers", "dropout", "pooling", "mixup", "center_weight"]  # flags that take a list of values
+SWEEPS = ["backbone", "layers", "dropout", "pooling", "mixup", "center_weight"]  # flags that take a list of values
 
 # Sec. 3.3 trains the bare model: Table 1's 0.4 row equals Table 2's row 2 (first frame, no mixup, no center loss).
 PROTOCOL_33 = dict(epochs=5, val_fraction=0.0, mixup="none", center_weight=0.0, augment="none")
 PROTOCOL_34 = dict(val_fraction=0.1, patience=10)
 
-# Table 2 rows: pooling, mixup, center-loss weight; rows 3-7 add the augmentation chain (Sec. 3.4).
-TABLE2 = [dict(pooling="avg", mixup="none", center_weight=0.0),
-          dict(pooling="first", mixup="none", center_weight=0.0),
-          dict(pooling="first", mixup="conventional", center_weight=0.0),
-          dict(pooling="first", mixup="adaptive", center_weight=0.0),
-          dict(pooling="first", mixup="adaptive", center_weight=0.0005),
-          dict(pooling="first", mixup="adaptive", center_weight=0.001),
-          dict(pooling="first", mixup="adaptive", center_weight=0.002)]
-TABLE2_PAPER = [(70.91, 71.80), (70.99, 72.83), (70.83, 74.06), (73.97, 75.03), (74.54, 76.20), (74.21, 75.99), (74.86, 76.31)]
+# Table 2's rows: pooling, mixup, center-loss weight; rows 3-7 add the augmentation chain (Sec. 3.4).
+TABLE2 = [row for row, _ in paper.TABLE2]
 TABLE2_REFERENCE = 3  # conventional mixup: the rows below it answer the claim of Sec. 3.4
-TABLE1_PAPER = {0.0: (69.46, 70.66), 0.1: (69.94, 70.49), 0.2: (69.46, 70.41),
-                0.3: (70.59, 70.61), 0.4: (70.99, 72.83), 0.5: (61.97, 67.35)}  # 22 layers
 METRICS = ("wa", "ua")
 
 
 def paper_numbers(cell, protocol, config):
     """(WA, UA) in % that the paper reports for this cell, or None: Fig. 2 gives no numbers, and
     the paper ran IEMOCAP only (config: the cell's config.json, as runs.aggregate reads it)."""
-    if "hubert" in cell or not config["corpus"]["paper"]:
+    if "backbone" in cell or not config["corpus"]["paper"]:
         return None
     if protocol == "3.3" and cell.get("layers", 22) == 22 and "dropout" in cell:
-        return TABLE1_PAPER.get(cell["dropout"])
+        return paper.TABLE1.get(cell["dropout"])  # Table 1 kept 22 layers
     if protocol == "3.4":
         key = tuple(cell.get(k, getattr(Config, k)) for k in ("pooling", "mixup", "center_weight"))
-        return {tuple(row.values()): paper for row, paper in zip(TABLE2, TABLE2_PAPER)}.get(key)
+        return {tuple(row.values()): numbers for row, numbers in paper.TABLE2}.get(key)
     return None
 
 
@@ -78,11 +70,11 @@ def cells(args):
     else:
         swept = {k: args.pop(k) for k in SWEEPS if k in args}
         if not swept:
-            raise UserError("nothing to sweep: give --hubert, --layers, --dropout, --pooling, --mixup or --center-weight "
+            raise UserError("nothing to sweep: give --backbone, --layers, --dropout, --pooling, --mixup or --center-weight "
                             "(each takes a list), or --table2")
         grid = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
         # Sec. 3.3 for the model's own settings (a backbone sweep follows whichever else is swept)
-        protocol = "3.3" if set(swept) - {"hubert"} and set(swept) <= {"layers", "dropout", "hubert"} else "3.4"
+        protocol = "3.3" if set(swept) - {"backbone"} and set(swept) <= {"layers", "dropout", "backbone"} else "3.4"
     if protocol == "3.4" and "augment" not in args:  # Table 2: rows with mixup also use the augmentation chain
         for c in grid:
             c["augment"] = "none" if c.get("mixup", Config.mixup) == "none" else Config.augment
@@ -108,6 +100,11 @@ def cell_name(cell):
 
 
 def run(args):
+    """Every cell x fold x seed is a job of reproduce.py's kind; this process trains the jobs it can
+    claim, one after the other, and rebuilds the report after each."""
+    import train  # torch and transformers load here, once the command line is read: --help answers at once
+    from model import check_backbone
+
     given = dict(args)
     grid, protocol, ref = cells(args)
     list_jobs, job_filter, folds_arg = args.pop("list_jobs"), args.pop("job", None), args.pop("folds")
@@ -119,8 +116,8 @@ def run(args):
     if base.resume and not base.out or list_jobs and not base.out:
         raise UserError("--resume and --list-jobs need the --out folder of the ablation")
     corpus = corpora.load(base)
-    for cfg in {(c.hubert, c.layers): c for c in configs}.values():  # one config read per backbone and depth
-        check_backbone(cfg)
+    for backbone, layers in {(c.backbone, c.layers) for c in configs}:  # one config read per backbone and depth
+        check_backbone(backbone, layers)
     if folds_arg is None:  # the paper's protocol on IEMOCAP; elsewhere the corpus's last fold plays session 5's part
         folds_arg = ["5"] if corpus.paper else corpus.folds[-1:]
     folds = corpus.folds if folds_arg == ["all"] else folds_arg
@@ -129,41 +126,33 @@ def run(args):
             raise UserError(f"--folds {' '.join(folds_arg)}: {fold} is not a fold of {corpus.name} ({', '.join(corpus.folds)})")
     seeds = range(base.seed, base.seed + base.seeds)
     jobs = [(c, runs.Job(f, s)) for c in range(len(grid)) for s in seeds for f in folds]
-    name = lambda c, job: f"{cell_name(grid[c])}/{job.name}"
-    mine = jobs if job_filter is None else [j for j in jobs if name(*j) == job_filter]
+    name = lambda cj: f"{cell_name(grid[cj[0]])}/{cj[1].name}"
+    mine = jobs if job_filter is None else [j for j in jobs if name(j) == job_filter]
     if not mine:
-        raise UserError(f"--job {job_filter}: not a job of this ablation (e.g. {name(*jobs[0])})")
+        raise UserError(f"--job {job_filter}: not a job of this ablation (e.g. {name(jobs[0])})")
     out = Path(base.out) if base.out else None
     folders = {cell_name(cell): cfg for cell, cfg in zip(grid, configs)}
     if list_jobs:
-        runs.list_jobs(__file__, given, out, [name(*j) for j in mine], folders)
+        runs.list_jobs(__file__, given, out, [name(j) for j in mine], folders)
         return 0
 
-    out, cache = runs.start(folders, out, "ablate-%Y%m%d-%H%M%S", corpus, [name(*j) for j in jobs])
-    rank = world()[0]
-    if rank == 0:
+    out, rt, audio = runs.start(folders, out, "ablate-%Y%m%d-%H%M%S", corpus, [name(j) for j in jobs])
+    if rt.rank == 0:
         print(f"ablation folder {out}  |  Sec. {protocol} protocol  |  {len(grid)} cells x folds {', '.join(folds)} x "
               f"{len(seeds)} seeds = {len(jobs)} jobs  |  reference: {cell_name(grid[ref])}", flush=True)
-
-    def train(cj):
-        c, job = cj
-        if rank == 0:
-            print(f"--- {name(c, job)}", flush=True)
-        run_job(configs[c], corpus, job.fold, job.seed, out / name(c, job), cache)
-
-    trained = []
-
-    def finished(job):
-        trained.append(job)
-        print(report(grid, protocol, ref, out), flush=True)
-
-    skipped = runs.work([(out / name(*j), j) for j in mine], base.resume, train, finished)
-    if rank != 0:
-        return 0
-    if not trained:  # every job was finished earlier, or is someone else's: the report as it stands
-        print(report(grid, protocol, ref, out), flush=True)
-    print(f"results in {out / 'ablation.md'}")
-    runs.tell_skipped(out, skipped)
+    claims, trained = runs.Claims(out, mine, base.resume, name), 0
+    for c, job in claims:
+        if rt.rank == 0:
+            print(f"--- {name((c, job))}", flush=True)
+        train.run_job(configs[c], corpus, audio, job, out / name((c, job)), rt)
+        trained += 1
+        if rt.rank == 0:
+            print(report(grid, protocol, ref, out), flush=True)
+    if rt.rank == 0:
+        if not trained:  # every job was finished earlier, or is someone else's: the report as it stands
+            print(report(grid, protocol, ref, out), flush=True)
+        print(f"results in {out / 'ablation.md'}")
+        claims.tell_skipped()
     return 0
 
 
@@ -197,12 +186,12 @@ def report(grid, protocol, ref, out):
     """ablation.md (returned, to print), ablation.csv, ablation.png (scores per cell; for --layers,
     Fig. 2) and ablation_diff.png (the paired differences to the reference, a forest plot).
     Serialised by flock(2) on OUT/.report.lock, as runs.summarise."""
-    with runs.locked(out / ".report.lock"):
+    with locked(out / ".report.lock"):
         configs = [json.loads((out / cell_name(c) / "config.json").read_text()) for c in grid]
         rows = compare([dict(cell=c, done=cell_results(out, c), paper=paper_numbers(c, protocol, config))
                         for c, config in zip(grid, configs)], ref)
         table = markdown(rows, protocol, ref)
-        runs.atomic_write(out / "ablation.md", lambda tmp: tmp.write_text(table))
+        atomic_write(out / "ablation.md", lambda tmp: tmp.write_text(table))
         write_csv(rows, out / "ablation.csv")
         if any(r["done"] for r in rows):
             plot_cells(rows, out / "ablation.png", protocol)
@@ -264,12 +253,12 @@ def write_csv(rows, path):
             w.writerow(keys + cols + ["jobs", "paper_wa", "paper_ua"])
             for r in rows:
                 w.writerow([r["cell"].get(k, "") for k in keys] + values(r) + [len(r["done"]), *(r["paper"] or ("", ""))])
-    runs.atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def plot_cells(rows, path, protocol):
     """WA and UA of each cell, mean ± std over its jobs. A sweep of --layers alone is Fig. 2."""
-    plt = runs.pyplot()
+    plt = pyplot()
     rows = [r for r in rows if r["done"]]
     numeric = len(rows[0]["cell"]) == 1 and all(isinstance(v, (int, float)) for r in rows for v in r["cell"].values())
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 3.8), layout="constrained")
@@ -292,13 +281,13 @@ def plot_cells(rows, path, protocol):
     ax.set(ylabel="%", title=f"{title} (Sec. {protocol} protocol; mean ± std over {'/'.join(map(str, jobs))} jobs)")
     ax.grid(alpha=0.3)
     ax.legend()
-    runs.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
 def plot_differences(rows, ref, path):
     """Forest plot: each cell's mean paired difference to the reference with its bootstrap interval."""
-    plt = runs.pyplot()
+    plt = pyplot()
     others = [r for i, r in enumerate(rows) if i != ref and r["d_wa"]["mean"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * max(len(others), 1) + 1.6), sharey=True, layout="constrained")
     y = np.arange(len(others))[::-1]
@@ -316,7 +305,7 @@ def plot_differences(rows, ref, path):
     axes[0].set_yticks(y, [cell_name(r["cell"]) for r in others], fontsize=8)
     fig.suptitle(f"paired differences to the reference, {cell_name(rows[ref]['cell'])}: mean [bootstrap 95 % interval]",
                  fontsize=10)
-    runs.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 

@@ -3,8 +3,8 @@
     python bench.py                    # GPU: HuBERT-Large (random init), batch 16; CPU: a reduced width, ~1 minute
     python bench.py --corpus DIR       # the data pipeline reads (or first writes) its synthetic replica in DIR
 
-Every variant trains on the same random batches with train.train_step, the body of
-the training loop: Eq. 1 and Eq. 3 on the device, forward, Eq. 4 + lambda * Eq. 5,
+Every variant trains on the same random batches with train.train_step, the step of the
+training loop: Eq. 1 and Eq. 3 on the device, forward, Eq. 4 + lambda * Eq. 5,
 backward, both Adam steps.
   authors  the authors' script: every item padded to 100,000 samples with its mean, no
            attention mask, all layers computed and layer k taken from hidden_states (before
@@ -34,12 +34,15 @@ from transformers import AutoModel
 
 import corpus as corpora
 import iemocap
+import synthetic
 import train
+from audio import SAMPLE_RATE as SR
+from audio import decode
 from losses import CenterLoss
 from model import SERModel, tiny_config
 from settings import Config
+from util import Runtime, default_precision, device_name
 
-SR = iemocap.SAMPLE_RATE
 # HuBERT-Large (Sec. 2.2); tiny_config() already has Large's front end and norms.
 LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
              conv_dim=(512,) * 7, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
@@ -106,8 +109,8 @@ def draw_items(n, max_len, seed=0):
     IEMOCAP-like lengths cropped at max_len, and with p 0.5 a random partner, so the model
     sees the longer of the two (Eq. 1). Noise stands in for speech: the cost is the same."""
     rng = np.random.default_rng(seed)
-    # iemocap's replica draws its lengths the same way: lognormal, mean 4.55 s, 0.585-34.1 s
-    lengths = np.minimum(np.round(iemocap._durations(rng, n, **iemocap.IEMOCAP_LENGTHS) * SR), max_len).astype(int)
+    # the synthetic replica draws its lengths the same way: lognormal, mean 4.55 s, 0.585-34.1 s
+    lengths = np.minimum(np.round(synthetic.draw_durations(rng, n, **synthetic.IEMOCAP_LENGTHS) * SR), max_len).astype(int)
     labels = rng.integers(len(iemocap.CLASSES), size=n)
     partner = np.where(rng.random(n) < 0.5, rng.integers(n, size=n), np.arange(n))
     gen = torch.Generator().manual_seed(seed)
@@ -172,10 +175,10 @@ def measure(name, cfg, warm, timed, width, args, device):
         for layer in model.backbone.encoder.layers:
             layer.compile(dynamic=True)
     center_loss = CenterLoss(len(iemocap.CLASSES), 64).to(device)
-    # the authors' Adam is torch's default; the suite's is fused on a GPU, as train.run_job
-    opt, opt_c = train.optimizers(cfg, model, center_loss, fused=None if name == "authors" else device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=False)  # no variant runs fp16
-    step = partial(train.train_step, model, center_loss, opt, opt_c, scaler, cfg=cfg, device=device, where=name)
+    rt = Runtime(device, cfg.precision)  # no variant runs fp16: no loss scaling
+    # the authors' Adam is torch's default; the suite's is fused on a GPU, as train.fit
+    opt = train.Optimisation(cfg, model, center_loss, rt, fused=None if name == "authors" else device.type == "cuda")
+    step = partial(train.train_step, model, center_loss, opt, cfg=cfg, rt=rt, where=name)
 
     torch.manual_seed(1)  # dropout
     for batch in warm:
@@ -200,13 +203,14 @@ def pipeline_throughput(train_set, cfg, batches, workers, cache):
     """Utterances/s of reproduce.py's training input: read the audio (cache False: decode
     every wav every time, as the authors' script; True: decoded once up front, as
     reproduce.py), crop, peak-normalise, augment (authors' chain), pair for mixup, collate."""
-    data = iemocap.UtteranceDataset(train_set, max_len=cfg.max_len, augment="authors",
-                                    cache=iemocap.decode(train_set) if cache else None)
-    pairs = train.TrainPairs(train_set, data, cfg, key=(cfg.seed, 5))
+    data = train.UtteranceDataset(train_set, max_len=cfg.max_len, augment="authors",
+                                  cache=decode(train_set) if cache else None)
+    pairs = train.TrainPairs(train_set, data, cfg.max_len, cfg.mixup_p, key=(cfg.seed, 5))
     sampler = pairs.batches(cfg.batch_size, bucketed=cfg.padding == "dynamic")[:batches]
     t0 = time.perf_counter()  # worker start-up included: reproduce.py starts them every epoch
     count = sum(len(b[0]) for b in DataLoader(pairs, batch_sampler=sampler, num_workers=workers,
-                                              collate_fn=partial(train.collate_train, cfg=cfg)))
+                                              collate_fn=partial(train.collate_train, padding=cfg.padding,
+                                                                 max_len=cfg.max_len)))
     return count / (time.perf_counter() - t0)
 
 
@@ -218,7 +222,7 @@ def main(argv=None):
         p.add_argument(f"--{flag}", type=int, help="default: per device, see SETTINGS")
     p.add_argument("--corpus", help="synthetic replica for the data pipeline, written there if missing (default "
                    "~/.cache/ser-lam-mixup/bench-replica-N; full size on a GPU: ~80 s and ~1 GB once). A full-size "
-                   "one for a CPU: python iemocap.py --synthetic DIR --utterances-per-speaker 553 --iemocap-lengths")
+                   "one for a CPU: python synthetic.py DIR --utterances-per-speaker 553 --iemocap-lengths")
     p.add_argument("--compile", action="store_true",
                    help="also time the fast variant with its transformer layers under torch.compile")
     args = p.parse_args(argv)
@@ -228,8 +232,7 @@ def main(argv=None):
         setattr(args, key, settings[key] if getattr(args, key) is None else getattr(args, key))
     config = tiny_config(**settings["model"])
 
-    default = Config(device=args.device, batch_size=args.batch_size)
-    train.resolve_device(default)
+    default = Config(device=args.device, batch_size=args.batch_size, precision=default_precision(device))
     # fast: --padding dynamic with bf16 autocast wherever the device computes in bf16 (a GPU with
     # bf16; a CPU with AVX512-BF16 or AMX). On such a CPU the fp32 dynamic row shows each part's share.
     fast_precision = "bf16" if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported() else default.precision
@@ -239,7 +242,7 @@ def main(argv=None):
     variants["fast"] = dataclasses.replace(default, padding="dynamic", precision=fast_precision)
     if args.compile:
         variants["fast+compile"] = variants["fast"]
-    name = train.device_name(device)
+    name = device_name(device)
     print(f"device: {name} | HuBERT (random init): hidden {config.hidden_size}, {config.num_hidden_layers} layers "
           f"(layer {args.layers} taken), {config.num_attention_heads} heads, feed-forward {config.intermediate_size}, "
           f"conv {config.conv_dim[0]} x 7" + ("" if settings["model"] is LARGE else " (reduced from Large's 1024/24/16/4096/512)"))
@@ -247,7 +250,7 @@ def main(argv=None):
     root = Path(args.corpus or Path.home() / ".cache" / "ser-lam-mixup" / f"bench-replica-{settings['per_speaker']}")
     if not (root / "Session5").exists():
         print(f"writing a synthetic replica ({settings['per_speaker']} utterances per speaker) to {root}", flush=True)
-        iemocap.make_synthetic_iemocap(root, utterances_per_speaker=settings["per_speaker"], **iemocap.IEMOCAP_LENGTHS)
+        synthetic.make_synthetic_iemocap(root, utterances_per_speaker=settings["per_speaker"], **synthetic.IEMOCAP_LENGTHS)
     utterances = iemocap.read_iemocap(root)
     train_set = corpora.from_iemocap(utterances).split("5")["train"]
     pipeline = {cache: pipeline_throughput(train_set, variants["fast"], settings["pipeline_batches"], args.workers, cache)
@@ -264,7 +267,7 @@ def main(argv=None):
 
     results = {}
     for variant, cfg in variants.items():
-        collated = [train.collate_train(b, cfg) for b in batches[cfg.padding]]
+        collated = [train.collate_train(b, cfg.padding, cfg.max_len) for b in batches[cfg.padding]]
         if device.type == "cuda":  # reproduce.py's DataLoader pins its batches
             collated = [tuple(None if t is None else t.pin_memory() for t in b) for b in collated]
         results[variant] = measure(variant, cfg, collated[:args.warmup], collated[args.warmup:], settings["model"], args, device)
@@ -276,7 +279,7 @@ def main(argv=None):
           f"{len(train_set)} to train on): crop + augment "
           f"+ mixup pairs + collate {pipeline[True]:.1f} utt/s from decoded audio (reproduce.py), "
           f"{pipeline[False]:.1f} utt/s decoding every wav (the authors); reproduce.py's feeds {feed:.2f}x what suite "
-          f"fast consumes (target >= 2 on a GPU): {'enough' if feed >= 2 else 'NOT enough'}")
+          f"fast consumes: {'enough' if feed >= 2 else 'NOT enough'} to keep a GPU busy (2x)")
     if device.type == "cuda":
         print("projected from these rates (validation is forward only: ~1/3 of a training step per utterance):")
         for variant, r in results.items():

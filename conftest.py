@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import iemocap
-from iemocap import CLASSES, make_synthetic_iemocap, read_iemocap
+from iemocap import CLASSES, Utterance, read_iemocap
+from synthetic import make_synthetic_iemocap
 
 HERE = Path(__file__).parent
 TINY = ["--demo", "--epochs", "1", "--max-len", "8000"]  # a job in a few seconds; windows of 0.5 s
@@ -72,5 +72,9 @@ def one_line_error(done, *words):
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("small") / "corpus"
-    iemocap.make_synthetic_iemocap(root, utterances_per_speaker=8)
+    make_synthetic_iemocap(root, utterances_per_speaker=8)
     return root
+
+
+def one_utterance(wav, uid="Ses01F_impro01_F000"):
+    return Utterance(uid, 1, "Ses01F", "neu", 0.0, 1.0, str(wav), "Ses01F_impro01", True)

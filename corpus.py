@@ -2,7 +2,7 @@
 
     --iemocap DIR         IEMOCAP_full_release: the paper's four classes (ang, hap + exc, sad, neu,
                           in that order), leave-one-session-out folds 1-5 (Sec. 3.1)
-    --demo                the synthetic IEMOCAP-shaped replica (iemocap.make_synthetic_iemocap)
+    --demo                the synthetic IEMOCAP-shaped replica (synthetic.py)
     --manifest DIR        an EmoBox dataset folder (data/<dataset>/: fold_<k>/<dataset>_{train,test}_fold_<k>.jsonl
       --audio-root DIR    and label_map.json); the `wav` paths start from --audio-root. EmoBox's own folds.
     --manifest FILE       a CSV or JSONL file of your own: `path` and `label`, and `fold` (leave one fold
@@ -11,7 +11,7 @@
 Classes: IEMOCAP's four in the paper's order; an EmoBox corpus's in the order label_map.json
 first names them; a CSV's sorted by name; or --classes a,b,c (which also drops the others).
 Fold k of every corpus tests on its test list and trains on its training list; the validation
-set is a seeded, class-stratified share of the training list (iemocap.hold_out).
+set is a seeded, class-stratified share of the training list (hold_out).
 """
 import csv
 import json
@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import iemocap
-from iemocap import CLASSES, IemocapError, Utterance
+from audio import header_seconds
+from iemocap import CLASSES, Utterance
+from settings import CorpusError
 
 
 @dataclass
@@ -52,9 +54,35 @@ class Corpus:
         if self.vals and self.vals.get(fold) and val_fraction > 0:
             train, val = pool, [u for u in self.utterances if u.id in self.vals[fold]]
         else:
-            train, val = iemocap.hold_out(pool, val_fraction, seed)
+            train, val = hold_out(pool, val_fraction, seed)
         test = [u for u in self.utterances if u.id in test_ids]
         return {name: sorted(part, key=lambda u: u.id) for name, part in (("train", train), ("val", val), ("test", test))}
+
+
+def write_split(split, folder):
+    """train.txt, val.txt, test.txt: one utterance id per line, so any split can be reused."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, utterances in split.items():
+        (folder / f"{name}.txt").write_text("".join(f"{u.id}\n" for u in utterances))
+
+
+def read_split(folder) -> dict:
+    """The id lists written by write_split: {"train": [ids], "val": [...], "test": [...]}."""
+    return {name: (Path(folder) / f"{name}.txt").read_text().split() for name in ("train", "val", "test")}
+
+
+def hold_out(pool, val_fraction, seed):
+    """(train, val): `val_fraction` of the pool held out for early stopping (Sec. 3.4).
+
+    The authors drew it at random and never published it; we stratify it by class, so that it
+    has the class balance of the training set, and seed it, so that a run can be repeated.
+    The pool is taken in id order, so the draw does not depend on how the corpus was listed."""
+    pool = sorted(pool, key=lambda u: u.id)
+    if val_fraction == 0:
+        return pool, []
+    from sklearn.model_selection import train_test_split  # here: scikit-learn takes seconds to import
+    return train_test_split(pool, test_size=val_fraction, random_state=seed, stratify=[u.label for u in pool])
 
 
 def from_iemocap(utterances, name="IEMOCAP"):
@@ -68,31 +96,32 @@ def load(cfg):
     counts, or the demo's synthetic replica (written once). Reads label files only, no audio."""
     if cfg.manifest:
         if cfg.iemocap:
-            raise IemocapError("--manifest and --iemocap: give one corpus")
+            raise CorpusError("--manifest and --iemocap: give one corpus")
         corpus = from_manifest(cfg.manifest, cfg.audio_root, cfg.num_folds)
     elif cfg.demo and not cfg.iemocap:
         root = Path(cfg.demo_corpus or Path.home() / ".cache" / "ser-lam-mixup" /
                     f"synthetic-iemocap-{cfg.demo_speaker_utterances}")
         if not (root / "synthetic_manifest.tsv").exists():
+            import synthetic  # here: it needs scipy.signal, seconds to import
             print(f"writing the synthetic corpus to {root}", file=sys.stderr)
-            iemocap.make_synthetic_iemocap(root, utterances_per_speaker=cfg.demo_speaker_utterances)
+            synthetic.make_synthetic_iemocap(root, utterances_per_speaker=cfg.demo_speaker_utterances)
         corpus = from_iemocap(iemocap.read_iemocap(root), name="synthetic IEMOCAP replica")
     else:
-        corpus = load_iemocap(cfg)
+        corpus = load_iemocap(cfg.iemocap or os.environ.get("IEMOCAP_ROOT", ""), cfg.allow_incomplete)
     if cfg.classes:
         corpus = keep_classes(corpus, cfg.classes)
     check_folds(corpus)
     return corpus
 
 
-def load_iemocap(cfg):
-    root = cfg.iemocap or os.environ.get("IEMOCAP_ROOT", "")
+def load_iemocap(root, allow_incomplete):
+    """The user's IEMOCAP, checked against the published counts; a copy that differs only with allow_incomplete."""
     if not root:
-        raise IemocapError("no corpus: pass --iemocap PATH/TO/IEMOCAP_full_release (or set IEMOCAP_ROOT), or --demo")
+        raise CorpusError("no corpus: pass --iemocap PATH/TO/IEMOCAP_full_release (or set IEMOCAP_ROOT), or --demo")
     utterances = iemocap.read_iemocap(root)
     problems = iemocap.check_iemocap(root, utterances)
-    if problems and not cfg.allow_incomplete:
-        raise IemocapError(f"{root} differs from the published IEMOCAP ({'; '.join(problems[:3])}); "
+    if problems and not allow_incomplete:
+        raise CorpusError(f"{root} differs from the published IEMOCAP ({'; '.join(problems[:3])}); "
                            f"`python iemocap.py {root}` lists every difference, --allow-incomplete trains on it anyway")
     if problems:
         present = [u for u in utterances if os.path.isfile(u.wav)]
@@ -107,10 +136,10 @@ def check_folds(corpus):
     for fold in corpus.folds:
         split = corpus.split(fold, val_fraction=0)
         if not split["test"]:
-            raise IemocapError(f"{corpus.name}: fold {fold} has no utterance to test on")
+            raise CorpusError(f"{corpus.name}: fold {fold} has no utterance to test on")
         missing = [c for c in corpus.classes if not any(u.label == c for u in split["train"])]
         if missing:
-            raise IemocapError(f"{corpus.name}: fold {fold} has no {', '.join(missing)} utterance to train on; "
+            raise CorpusError(f"{corpus.name}: fold {fold} has no {', '.join(missing)} utterance to train on; "
                                "drop the class with --classes or use other folds")
 
 
@@ -119,7 +148,7 @@ def keep_classes(corpus, classes):
     wanted = tuple(c.strip() for c in classes.split(",") if c.strip())
     unknown = [c for c in wanted if c not in corpus.classes]
     if unknown or len(set(wanted)) < 2 or len(set(wanted)) < len(wanted):
-        raise IemocapError(f"--classes {classes}: name two or more different classes of {corpus.name} "
+        raise CorpusError(f"--classes {classes}: name two or more different classes of {corpus.name} "
                            f"({', '.join(corpus.classes)})")
     kept = [u for u in corpus.utterances if u.label in wanted]
     ids = {u.id for u in kept}
@@ -138,10 +167,10 @@ def from_manifest(path, audio_root="", num_folds=0):
     elif path.is_file():
         corpus = from_table(path, Path(audio_root) if audio_root else path.parent, num_folds)
     else:
-        raise IemocapError(f"--manifest {path}: no such file or folder")
+        raise CorpusError(f"--manifest {path}: no such file or folder")
     missing = [u.wav for u in corpus.utterances if not os.path.isfile(u.wav)]
     if missing:
-        raise IemocapError(f"{len(missing)} of {len(corpus.utterances)} audio files of {path} are missing, e.g. "
+        raise CorpusError(f"{len(missing)} of {len(corpus.utterances)} audio files of {path} are missing, e.g. "
                            f"{', '.join(missing[:3])}" + ("" if audio_root else "; is --audio-root right?"))
     return corpus
 
@@ -150,7 +179,7 @@ def _jsonl(path):
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (ValueError, UnicodeDecodeError) as e:
-        raise IemocapError(f"{path}: not JSON lines ({e})") from None
+        raise CorpusError(f"{path}: not JSON lines ({e})") from None
 
 
 def _map_label(code, label_map, where):
@@ -161,7 +190,7 @@ def _map_label(code, label_map, where):
     folded = {k.lower(): v for k, v in label_map.items()}
     if str(code).lower() in folded:
         return folded[str(code).lower()]
-    raise IemocapError(f"{where}: label {code!r} is not in label_map.json ({', '.join(label_map)})")
+    raise CorpusError(f"{where}: label {code!r} is not in label_map.json ({', '.join(label_map)})")
 
 
 def from_emobox(folder, audio_root):
@@ -169,16 +198,16 @@ def from_emobox(folder, audio_root):
     Fold k trains on its train list and tests on its test list; it validates on its valid list
     where EmoBox publishes one (MELD, M3ED, MSP-Podcast), else on a share of the train list."""
     if audio_root is None:
-        raise IemocapError(f"--manifest {folder} is an EmoBox folder: pass --audio-root, the folder its `wav` "
+        raise CorpusError(f"--manifest {folder} is an EmoBox folder: pass --audio-root, the folder its `wav` "
                            "paths start from (the one holding downloads/)")
     maps = [folder / name for name in ("label_map.json", "label_dict.json") if (folder / name).exists()]
     if not maps:
-        raise IemocapError(f"{folder} holds no label_map.json: pass an EmoBox dataset folder (data/<dataset>/)")
+        raise CorpusError(f"{folder} holds no label_map.json: pass an EmoBox dataset folder (data/<dataset>/)")
     label_map = json.loads(maps[0].read_text())
     classes = tuple(dict.fromkeys(label_map.values()))
     folds = sorted((d for d in folder.glob("fold_*") if d.is_dir() and d.name[5:].isdigit()), key=lambda d: int(d.name[5:]))
     if not folds:
-        raise IemocapError(f"{folder} holds no fold_<k>/ folders: pass an EmoBox dataset folder (data/<dataset>/)")
+        raise CorpusError(f"{folder} holds no fold_<k>/ folders: pass an EmoBox dataset folder (data/<dataset>/)")
     utterances, tests, trains, vals = {}, {}, {}, {}
     for d in folds:
         k = d.name[5:]
@@ -188,11 +217,11 @@ def from_emobox(folder, audio_root):
             if part == "valid" and not found:
                 continue
             if len(found) != 1:
-                raise IemocapError(f"{d}: expected one *_{part}_fold_{k}.jsonl, found {len(found)}")
+                raise CorpusError(f"{d}: expected one *_{part}_fold_{k}.jsonl, found {len(found)}")
             lists[part] = set()
             for row in _jsonl(found[0]):
                 if not {"key", "wav", "emo"} <= set(row):
-                    raise IemocapError(f"{found[0]}: a line without key, wav and emo ({', '.join(row)})")
+                    raise CorpusError(f"{found[0]}: a line without key, wav and emo ({', '.join(row)})")
                 label = _map_label(row["emo"], label_map, found[0])
                 utterances.setdefault(row["key"], Utterance(
                     id=row["key"], session=0, speaker=str(row.get("speaker", "")), label=label, start=0.0,
@@ -212,19 +241,19 @@ def from_table(path, audio_root, num_folds):
             rows = list(csv.DictReader(f))
     columns = set(rows[0]) if rows else set()
     if not {"path", "label"} <= columns or not columns & {"fold", "speaker"}:
-        raise IemocapError(f"{path}: columns {', '.join(sorted(columns)) or 'none'}; a manifest needs path, label and "
+        raise CorpusError(f"{path}: columns {', '.join(sorted(columns)) or 'none'}; a manifest needs path, label and "
                            "fold (leave one fold out) or speaker (with --num-folds K)")
     by_fold = "fold" in columns
     if not by_fold and num_folds < 2:
-        raise IemocapError(f"{path} gives speakers, not folds: pass --num-folds K (K >= 2) for K speaker-independent folds")
+        raise CorpusError(f"{path} gives speakers, not folds: pass --num-folds K (K >= 2) for K speaker-independent folds")
     utterances = []
     for row in rows:
         wav = Path(row["path"]) if Path(row["path"]).is_absolute() else audio_root / row["path"]
         uid = str(row.get("id") or os.path.splitext(str(row["path"]))[0])
         utterances.append(Utterance(id=uid, session=0, speaker=str(row.get("speaker", "")), label=str(row["label"]),
-                                    start=0.0, end=iemocap.header_seconds(wav), wav=str(wav), dialog="", improvised=False))
+                                    start=0.0, end=header_seconds(wav), wav=str(wav), dialog="", improvised=False))
     if len({u.id for u in utterances}) < len(utterances):
-        raise IemocapError(f"{path}: two rows have the same id (or path)")
+        raise CorpusError(f"{path}: two rows have the same id (or path)")
     classes = tuple(sorted({u.label for u in utterances}))
     if by_fold:
         fold_of = [str(row["fold"]) for row in rows]
@@ -234,7 +263,7 @@ def from_table(path, audio_root, num_folds):
         from sklearn.model_selection import GroupKFold
         speakers = [u.speaker for u in utterances]
         if len(set(speakers)) < num_folds:
-            raise IemocapError(f"{path}: {len(set(speakers))} speakers cannot fill --num-folds {num_folds} folds")
+            raise CorpusError(f"{path}: {len(set(speakers))} speakers cannot fill --num-folds {num_folds} folds")
         splits = GroupKFold(n_splits=num_folds).split(utterances, groups=speakers)
         tests = {str(k + 1): {utterances[i].id for i in test} for k, (_, test) in enumerate(splits)}
     return Corpus(path.stem, classes, sorted(utterances, key=lambda u: u.id), tests)

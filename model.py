@@ -14,11 +14,7 @@ import torch
 import torch.nn as nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel
 
-DEFAULT_BACKBONE = "facebook/hubert-large-ll60k"  # HuBERT-Large, Libri-Light 60k h (Sec. 2.2)
-# transformers `model_type` of the backbones SERModel can cut: the wav2vec 2.0 family.
-FAMILIES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
-# Names usable instead of a checkpoint (--demo, tests, bench): a tiny random-init model of the family.
-TINY = {"tiny": "hubert", "tiny-wav2vec2": "wav2vec2", "tiny-wavlm": "wavlm", "tiny-data2vec-audio": "data2vec-audio"}
+from settings import DEFAULT_BACKBONE, FAMILIES, TINY, UserError
 
 # Checkpoints' hub configs turn on layer drop (0.1) and time masking, and the
 # configs default their dropouts to 0.1; the authors' script trained with none of them.
@@ -35,7 +31,7 @@ NO_REGULARISATION = dict(
 )
 
 
-class BackboneError(Exception):
+class BackboneError(UserError):
     """The backbone cannot be loaded, or is not of the wav2vec 2.0 family; the message is one line."""
 
 
@@ -74,7 +70,7 @@ def _fetch(load, name_or_path):
         f"Cannot load the backbone: {where}. On a machine with internet run "
         f"`hf download {DEFAULT_BACKBONE} --local-dir hubert-large-ll60k` "
         f"(`huggingface-cli download {DEFAULT_BACKBONE}` on older huggingface_hub), copy the folder here and pass "
-        f"`--hubert hubert-large-ll60k`, or copy the Hugging Face cache and set HF_HOME to it. "
+        f"`--backbone hubert-large-ll60k`, or copy the Hugging Face cache and set HF_HOME to it. "
         f"`--demo` runs the whole pipeline without the weights, on a tiny random HuBERT."
     )
 
@@ -137,6 +133,17 @@ def backbone_config(name_or_path=DEFAULT_BACKBONE):
     config = _fetch(lambda **kw: AutoConfig.from_pretrained(name_or_path, **kw), name_or_path)
     _check_family(config, name_or_path)
     return config
+
+
+def check_backbone(name_or_path, layers):
+    """Before a run starts: the backbone's config can be had (its weights are not read) and it has
+    at least `layers` layers."""
+    try:
+        num_layers = backbone_config(name_or_path).num_hidden_layers
+    except BackboneError as e:
+        raise BackboneError(f"--backbone {name_or_path}: {e}") from None
+    if layers > num_layers:
+        raise BackboneError(f"--layers {layers}: must be in 1..{num_layers}, the layers of --backbone {name_or_path}")
 
 
 def load_backbone(name_or_path=DEFAULT_BACKBONE, attn_implementation="sdpa"):

@@ -7,7 +7,7 @@
     python predict.py --model model/ a.wav                    # predict from that folder alone
     python predict.py --bench --run runs/X [--n 200]          # batched vs one file at a time
 
-Each input is served as training served an utterance (iemocap.UtteranceDataset): read as float32
+Each input is served as training served an utterance (train.UtteranceDataset): read as float32
 mono, resampled to 16 kHz, cut to windows of the run's max_len samples (6.25 s in the paper), each
 window divided by its own peak, padded to 400 samples if shorter. The model learned from an
 utterance's first window only; a longer recording gets a window every half window (starts 0, hop,
@@ -42,13 +42,13 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import iemocap
+import audio
 import runs
 import train
-from corpus import fold_key
-from iemocap import MIN_SAMPLES, IemocapError
+from corpus import fold_key, read_split
 from model import model_from_spec
-from settings import RUN_ONLY, Config, Parser, UserError, flag, guarded
+from settings import MIN_SAMPLES, RUN_ONLY, Config, CorpusError, Parser, UserError, flag, guarded, known
+from util import atomic_write, default_precision, device_name, pyplot, write_json
 
 # What a folder argument is searched for. libsndfile reads MP3 from version 1.1 on.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
@@ -273,15 +273,15 @@ class Recordings(Dataset):
         if not os.path.isfile(path):
             return Recording(i, path, error=f"{path}: no such file")
         try:
-            x = iemocap.load_audio(path)
-        except IemocapError as e:
+            x = audio.load_audio(path)
+        except CorpusError as e:
             return Recording(i, path, error=str(e))
         except Exception as e:  # a decoder failing in a way of its own must not stop the other 9,999 files
             first = (str(e).splitlines() or [""])[0]
             return Recording(i, path, error=f"cannot read {path}: {type(e).__name__}: {first}")
         starts = window_starts(len(x), self.window, self.crop)
         # numpy, not tensors: pickled through the worker's pipe, where a tensor costs a shared-memory file each
-        return Recording(i, path, len(x), starts, [iemocap.prepare(x[s:], self.window) for s in starts])
+        return Recording(i, path, len(x), starts, [audio.prepare(x[s:], self.window) for s in starts])
 
 
 def _as_is(item):
@@ -292,9 +292,9 @@ def _as_is(item):
 
 
 def resolve(device):
-    """(torch.device, precision): cuda when present, and its default precision (train.default_precision)."""
+    """(torch.device, precision): cuda when present, and its default precision (util.default_precision)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return device, train.default_precision(device)
+    return device, default_precision(device)
 
 
 @torch.inference_mode()
@@ -303,12 +303,12 @@ def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=
     mean over the members of softmax(logits). Files are decoded in `workers` processes (longest
     first under dynamic padding); their windows are sorted by length in pools of POOL batches and padded as the run trained."""
     device = torch.device(device)
-    precision = train.default_precision(device)
+    precision = default_precision(device)
     for m in members:
         m.model.to(device)
     order = range(len(paths))
     if setup.padding == "dynamic":  # like lengths together pad less; fixed padding pads every window to the full one
-        order = sorted(order, key=lambda i: -iemocap.header_seconds(paths[i]))
+        order = sorted(order, key=lambda i: -audio.header_seconds(paths[i]))
     loader = DataLoader(Recordings(paths, window, crop), batch_size=None, sampler=order, collate_fn=_as_is,
                         num_workers=min(workers, len(paths)))
     done = [None] * len(paths)
@@ -395,7 +395,7 @@ def table(rows, as_json):
 
 def plot(rec, setup, window, path):
     """Each class's probability per window, at the window's centre in seconds."""
-    plt = runs.pyplot()
+    plt = pyplot()
 
     rate = setup.sample_rate
     centres = [(s + min(s + window, rec.samples)) / 2 / rate for s in rec.starts]
@@ -406,7 +406,7 @@ def plot(rec, setup, window, path):
            title=f"{os.path.basename(rec.path)}: windows of {window / rate:.2f} s every {window // 2 / rate:.2f} s")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    train.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -433,10 +433,10 @@ def export(members, setup, run, folder, dtype):
                   members=[dict(fold=m.fold, seed=m.seed, wa=m.wa, ua=m.ua, n_test=m.n_test) for m in members],
                   dtype=dtype, model=spec)  # one spec: the members of a run share their architecture
     # readable by all (safetensors writes 0600): an export is made to be shared
-    train.atomic_write(folder / "model.safetensors", lambda tmp: (save_file(weights, tmp), os.chmod(tmp, 0o644)))
-    train.write_json(config, folder / "config.json")
+    atomic_write(folder / "model.safetensors", lambda tmp: (save_file(weights, tmp), os.chmod(tmp, 0o644)))
+    write_json(config, folder / "config.json")
     card = model_card(members, setup, spec, Path(run), folder, dtype)
-    train.atomic_write(folder / "README.md", lambda tmp: tmp.write_text(card))
+    atomic_write(folder / "README.md", lambda tmp: tmp.write_text(card))
     size = (folder / "model.safetensors").stat().st_size / 2 ** 20
     print(f"exported {len(members)} model(s) ({', '.join(m.name for m in members)}) to {folder}: "
           f"model.safetensors {size:.1f} MiB ({dtype}), config.json, README.md", file=sys.stderr)
@@ -446,7 +446,7 @@ def model_card(members, setup, spec, run, folder, dtype):
     """README.md of an export: what it is, how to call it, what it computes, the members' test
     scores (metrics.json), the corpus and the settings of the run (config.json)."""
     saved = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    settings, corpus, env = saved.get("config", {}), saved.get("corpus", {}), saved.get("environment", {})
+    settings, corpus, env = known(saved.get("config", {})), saved.get("corpus", {}), saved.get("environment", {})
     rate, window, backbone = setup.sample_rate, setup.max_len, spec["backbone_config"]
     commit = f" (git commit {env['git_commit'][:10]})" if env.get("git_commit") else ""
     padding = ("padded to the window with its mean, no attention mask" if setup.padding == "fixed" else
@@ -509,12 +509,11 @@ def bench_paths(run, members, n):
     """The first n test utterances of the members' folds (split/test.txt), as wav paths of the run's corpus."""
     import corpus as corpora
     saved = json.loads((Path(run) / "config.json").read_text())["config"]
-    known = {f.name for f in dataclasses.fields(Config)}
-    corpus = corpora.load(Config(**{k: v for k, v in saved.items() if k in known}))
+    corpus = corpora.load(Config(**known(saved)))
     wav = {u.id: u.wav for u in corpus.utterances}
     ids = []
     for m in members:
-        ids += [i for i in iemocap.read_split(Path(run) / m.name / "split")["test"] if i not in ids]
+        ids += [i for i in read_split(Path(run) / m.name / "split")["test"] if i not in ids]
     if not ids:
         raise UserError(f"{run}: the selected jobs list no test utterance")
     return [wav[i] for i in ids[:n]]
@@ -545,15 +544,15 @@ def bench(members, setup, args):
             took[way] = time.perf_counter() - t0
             times[way] += took[way]
         ratios.append(took["single"] / took["batched"])
-    audio = sum(r.samples for r in results["batched"]) / setup.sample_rate
+    heard = sum(r.samples for r in results["batched"]) / setup.sample_rate
     windows = sum(len(r.starts) for r in results["batched"])
     diff = max(float(np.abs(a.probs - b.probs).max()) for a, b in zip(results["batched"], results["single"]))
-    print(f"{len(paths)} files, {windows} windows, {audio:.1f} s of audio; {len(members)} model(s); window {window}, "
-          f"padding {setup.padding}; {train.device_name(device)}, {precision}, {torch.get_num_threads()} threads; "
+    print(f"{len(paths)} files, {windows} windows, {heard:.1f} s of audio; {len(members)} model(s); window {window}, "
+          f"padding {setup.padding}; {device_name(device)}, {precision}, {torch.get_num_threads()} threads; "
           f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"batched (batch {args.batch_size}, {args.workers} workers): {times['batched']:.2f} s, "
-          f"{audio / times['batched']:.1f} audio-s/s")
-    print(f"one file at a time (batch 1, no workers): {times['single']:.2f} s, {audio / times['single']:.1f} audio-s/s")
+          f"{heard / times['batched']:.1f} audio-s/s")
+    print(f"one file at a time (batch 1, no workers): {times['single']:.2f} s, {heard / times['single']:.1f} audio-s/s")
     print(f"largest difference of a window probability between the two: {diff:.1e}")
     print(f"per chunk of {BENCH_CHUNK} files: {min(ratios):.2f}x to {max(ratios):.2f}x")
     print(f"batched / one at a time: {times['single'] / times['batched']:.2f}x")
@@ -585,8 +584,8 @@ def main_checked(args):
     check(args)
     load = load_run if args.run else load_export
     members, setup = load(args.run or args.model, args.fold, args.seed)
-    if setup.sample_rate != iemocap.SAMPLE_RATE:
-        raise UserError(f"the models take {setup.sample_rate} Hz audio; predict.py reads at {iemocap.SAMPLE_RATE} Hz")
+    if setup.sample_rate != audio.SAMPLE_RATE:
+        raise UserError(f"the models take {setup.sample_rate} Hz audio; predict.py reads at {audio.SAMPLE_RATE} Hz")
     if args.export:  # --max-len given: the export's window
         setup = dataclasses.replace(setup, max_len=args.max_len or setup.max_len)
         export(members, setup, args.run, args.export, args.dtype)
@@ -612,15 +611,15 @@ def main_checked(args):
                         "no audio file in the inputs")
     text = table(rows(recordings, setup, window, args.segments), args.json)
     if args.out:
-        train.atomic_write(args.out, lambda tmp: tmp.write_text(text))
+        atomic_write(args.out, lambda tmp: tmp.write_text(text))
     else:
         sys.stdout.write(text)
     if args.plot:
         plot(ok[0], setup, window, args.plot)
-    audio = sum(r.samples for r in ok) / rate
+    heard = sum(r.samples for r in ok) / rate
     bad = len(recordings) - len(ok)
     print(f"{len(ok)} files{f' ({bad} unreadable)' if bad else ''}, {sum(len(r.starts) for r in ok)} windows, "
-          f"{audio:.1f} s of audio in {seconds:.1f} s: {audio / seconds:.1f} audio-s/s", file=sys.stderr)
+          f"{heard:.1f} s of audio in {seconds:.1f} s: {heard / seconds:.1f} audio-s/s", file=sys.stderr)
     return 0
 
 

@@ -6,19 +6,18 @@
     torchrun --nproc-per-node 4 reproduce.py ...             # each job data-parallel on 4 GPUs
     python reproduce.py --summary --out DIR                  # rebuild results.{json,md,png}, no training
 
-Fold k trains on the four other sessions (10% of them held out for early stopping, Sec. 3.4)
-and tests on session k (Sec. 3.1). Each (fold, seed) is one job with its own folder under
---out; any number of processes may share a run (see runs.py). Every default below is what the
-authors ran (README, "Differences from the authors' script").
+The protocol (Sec. 3.1, 3.5): fold k trains on the four other sessions (10% of them held out for
+early stopping, Sec. 3.4) and tests on session k; the score is the mean of the five folds. Each
+(fold, seed) is one job with its own folder under --out, trained and tested by train.run_job;
+any number of processes may share a run (docs/runs.md). Every default below is what the authors
+ran (README, "Differences from the authors' script").
 """
-import json
 import sys
 from pathlib import Path
 
 import corpus as corpora
 import runs
-from settings import UserError, check_backbone, check_config, config_parser, guarded, make_config
-from train import run_job, world
+from settings import UserError, check_config, config_parser, guarded, make_config
 
 
 def parser():
@@ -30,76 +29,58 @@ def parser():
     return p
 
 
-def folds_of(cfg, corpus):
-    if cfg.fold == "all":
-        return corpus.folds
-    if cfg.fold not in corpus.folds:
-        raise UserError(f"--fold {cfg.fold}: must be one of {', '.join(corpus.folds)} or all")
-    return [cfg.fold]
+def main(argv=None):
+    return guarded(reproduce, vars(parser().parse_args(argv)))
 
 
-def run(cfg, given):
-    out = Path(cfg.out) if cfg.out else None
+def reproduce(given):
+    """Every fold x every seed asked is a job; this process trains and tests the jobs it can claim,
+    one after the other, and rebuilds the summary after each."""
+    import train  # torch and transformers load here, once the command line is read: --help answers at once
+    from model import check_backbone
+
+    out = Path(given["out"]) if given.get("out") else None
     if given.get("summary"):
         if not out or not (out / "config.json").exists():
             raise UserError("--summary needs the --out folder of a run (one holding config.json)")
         print(runs.summarise(out), end="")
         return 0
+    cfg = make_config(runs.saved_settings(out), given)  # flags not given: the run folder's own settings
     if cfg.resume and not out:
         raise UserError("--resume needs the --out folder of the run to continue")
     if given.get("list_jobs") and not out:
         raise UserError("--list-jobs needs --out: every listed job must write into the same run folder")
     check_config(cfg)
     corpus = corpora.load(cfg)
-    check_backbone(cfg)
-    jobs = [runs.Job(f, s) for s in range(cfg.seed, cfg.seed + cfg.seeds) for f in folds_of(cfg, corpus)]
-    mine = jobs
-    if given.get("job"):
-        mine = [runs.parse_job(given["job"])]
-        if mine[0] not in jobs:
-            raise UserError(f"--job {given['job']}: not a job of this run ({jobs[0].name} .. {jobs[-1].name})")
+    check_backbone(cfg.backbone, cfg.layers)
+    folds = corpus.folds if cfg.fold == "all" else [cfg.fold]
+    if not set(folds) <= set(corpus.folds):
+        raise UserError(f"--fold {cfg.fold}: must be one of {', '.join(corpus.folds)} or all")
+    jobs = [runs.Job(f, s) for s in range(cfg.seed, cfg.seed + cfg.seeds) for f in folds]
+    mine = [runs.parse_job(given["job"])] if given.get("job") else jobs
+    if mine[0] not in jobs:
+        raise UserError(f"--job {given['job']}: not a job of this run ({jobs[0].name} .. {jobs[-1].name})")
     if given.get("list_jobs"):
         runs.list_jobs(__file__, given, out, [j.name for j in mine], {"": cfg})
         return 0
 
-    out, cache = runs.start({"": cfg}, out, "%Y%m%d-%H%M%S", corpus, [j.name for j in jobs])
-    rank, size = world()
-    if rank == 0:
+    out, rt, audio = runs.start({"": cfg}, out, "%Y%m%d-%H%M%S", corpus, [j.name for j in jobs])
+    if rt.rank == 0:
         print(f"run folder {out}  |  {corpus.name}: {len(corpus.utterances)} utterances, {len(corpus.classes)} classes  |  "
-              f"{len(mine)} jobs  |  device {cfg.device}, {cfg.precision}" + (f", {size} processes" if size > 1 else ""),
+              f"{len(mine)} jobs  |  device {rt.device}, {rt.precision}" + (f", {rt.size} processes" if rt.size > 1 else ""),
               flush=True)
-
-    def train(job):
-        if rank == 0:
+    claims = runs.Claims(out, mine, cfg.resume)
+    for job in claims:
+        if rt.rank == 0:
             print(f"--- {job.name}", flush=True)
-        run_job(cfg, corpus, job.fold, job.seed, out / job.name, cache)
-
-    def finished(job):
-        print(runs.summarise(out), flush=True)
-
-    skipped = runs.work([(out / j.name, j) for j in mine], cfg.resume, train, finished)
-    if rank != 0:
-        return 0
-    if (out / "results.md").exists():
-        print(f"results in {out / 'results.md'}")
-    runs.tell_skipped(out, skipped)
+        train.run_job(cfg, corpus, audio, job, out / job.name, rt)
+        if rt.rank == 0:
+            print(runs.summarise(out), flush=True)
+    if rt.rank == 0:
+        if (out / "results.md").exists():
+            print(f"results in {out / 'results.md'}")
+        claims.tell_skipped()
     return 0
-
-
-def saved_settings(out):
-    """The settings in --out's config.json, for the flags not given: `--resume --out DIR` alone
-    continues a run as it was started (where it runs, and on how many workers, stays this process's)."""
-    path = Path(out) / "config.json" if out else None
-    if not path or not path.exists():
-        return {}
-    saved = json.loads(path.read_text())["config"]
-    return {k: v for k, v in saved.items() if k not in ("out", "resume", "device", "workers", "no_save")}
-
-
-def main(argv=None):
-    given = vars(parser().parse_args(argv))
-    settings = {k: v for k, v in given.items() if k not in ("list_jobs", "job", "summary")}
-    return guarded(lambda: run(make_config(saved_settings(given.get("out")), settings), given))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """A run is a set of jobs, one per (fold, seed), each in its own folder under the run folder:
 
-    RUN/config.json                 the settings, written once
+    RUN/config.json                 the settings, the corpus and where the run ran
     RUN/fold1/seed0/lock            held while a process trains the job: {"host", "pid", "since"}
-    RUN/fold1/seed0/metrics.json    the finished job (reproduce.py never reruns it)
+    RUN/fold1/seed0/split/          the utterance ids of its train, val and test parts (corpus.write_split)
+    RUN/fold1/seed0/metrics.json    the finished job (never rerun)
     RUN/results.{json,md,png}       rebuilt from every finished job's metrics.json
 
 Any number of processes, on any machines that see the folder, may work on one run at once:
@@ -11,30 +12,27 @@ exists. The lock is also held with flock(2) while the job trains, so a lock whos
 is told apart from a live one on the same host; such a lock is taken over with --resume. A lock
 held from another host is never taken over: the user removes it.
 """
-import contextlib
 import fcntl
 import json
 import os
 import shlex
-import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch.distributed as dist
 
-import iemocap
+import paper
 import stats
+from audio import decode
 from corpus import fold_key
-from settings import RUN_ONLY, UserError, check_out, flag
-from train import atomic_write, broadcast, environment, init_distributed, resolve_device, world, write_json
+from settings import RUN_ONLY, THIS_PROCESS, UserError, check_out, flag, known
+from util import HOST, atomic_write, barrier, broadcast, environment, locked, pyplot, start_runtime, world, write_json
 
-HOST = socket.gethostname()
-PAPER = {"wa": 0.7537, "ua": 0.7604}  # Table 3, "Proposed": one run of the five folds
+PAPER = {m: round(v / 100, 4) for m, v in paper.TABLE3.items()}  # Table 3, as fractions like our scores
 # flags whose value is a path: --list-jobs writes them absolute
-PATHS = {"iemocap", "demo_corpus", "hubert", "manifest", "audio_root"}
+PATHS = {"iemocap", "demo_corpus", "backbone", "manifest", "audio_root"}
 
 
 @dataclass(frozen=True)
@@ -69,17 +67,35 @@ def jobs_on_disk(run):
 # ---------------------------------------------------------------------------- a run's settings
 
 
-def write_config(cfg, out, corpus):
+def saved_settings(out):
+    """The settings in --out's config.json, for the flags not given: `--resume --out DIR` alone
+    continues a run as it was started (where it runs, and on how many workers, stays this process's)."""
+    path = Path(out) / "config.json" if out else None
+    if not path or not path.exists():
+        return {}
+    saved = known(json.loads(path.read_text())["config"])
+    return {k: v for k, v in saved.items() if k not in THIS_PROCESS}
+
+
+def recorded(cfg, rt=None, out=None):
+    """The settings as config.json records them: the device and precision this process settled on."""
+    settings = asdict(cfg)
+    if rt is not None:
+        settings.update(device=str(rt.device), precision=rt.precision, out=str(out))
+    return settings
+
+
+def write_config(cfg, rt, out, corpus):
     """config.json, written once (atomically, by whichever process comes first): the settings,
     the corpus and where they ran. A process whose settings differ is refused, unless no job of
     the folder has started: then a run that failed before training is rerun, corrected, in place."""
     path = Path(out) / "config.json"
     Path(out).mkdir(parents=True, exist_ok=True)
-    changed = check_settings(cfg, out)
+    changed = check_settings(cfg, out, rt)
     if path.exists() and not changed:
         return
-    resolved = dict(config=vars(cfg).copy(), corpus=dict(name=corpus.name, classes=list(corpus.classes),
-                                                          paper=corpus.paper), environment=environment(cfg))
+    resolved = dict(config=recorded(cfg, rt, out), corpus=dict(name=corpus.name, classes=list(corpus.classes),
+                                                               paper=corpus.paper), environment=environment(rt.device))
     tmp = path.with_name(f"config.json.{HOST}-{os.getpid()}.tmp")
     tmp.write_text(json.dumps(resolved, indent=2) + "\n")
     try:
@@ -88,7 +104,7 @@ def write_config(cfg, out, corpus):
         else:
             os.link(tmp, path)  # atomic, and fails if another process wrote it first
     except FileExistsError:
-        check_settings(cfg, out)
+        check_settings(cfg, out, rt)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -98,17 +114,18 @@ def started(out):
     return any((d / name).exists() for d in Path(out).glob("fold*/seed*") for name in ("lock", "state.pt", "metrics.json"))
 
 
-def check_settings(cfg, out):
+def check_settings(cfg, out, rt=None):
     """Refuse a run folder whose config.json holds other settings than cfg (run-only fields aside)
     once a job has started. Returns the settings that differ (none were used yet, then)."""
     path = Path(out) / "config.json"
     if not path.exists():
         return []
-    saved = json.loads(path.read_text())["config"]
-    changed = [k for k, v in vars(cfg).items() if k not in RUN_ONLY and saved.get(k) != v and
+    saved = known(json.loads(path.read_text())["config"])
+    mine = recorded(cfg, rt, out)
+    changed = [k for k, v in mine.items() if k not in RUN_ONLY and saved.get(k) != v and
                not (k == "precision" and v == "auto")]
     if changed and started(out):
-        shown = ", ".join(f"{flag(k)} {saved.get(k)} there, {getattr(cfg, k)} here" for k in changed)
+        shown = ", ".join(f"{flag(k)} {saved.get(k)} there, {mine[k]} here" for k in changed)
         raise UserError(f"{out} holds a run with other settings ({shown}): choose another --out")
     return changed
 
@@ -147,33 +164,21 @@ def start(configs, out, stamp, corpus, job_dirs):
     the settings, decode the audio (a broken wav stops here, before anything is written); rank 0
     then writes each config.json and registers every job's folder, so the summary counts jobs
     not started yet. configs: {folder under out: Config} ("" for out itself); job_dirs: folders
-    under out. Returns (out, the decoded audio)."""
+    under out. Returns (out, util.Runtime, the decoded audio)."""
     base = next(iter(configs.values()))
-    init_distributed(base)
-    resolve_device(base)
+    rt = start_runtime(base.device, base.precision, base.batch_size, base.demo)
     out = Path(broadcast(str(out or Path("runs") / time.strftime(stamp))))
     check_out(out)
     for sub, cfg in configs.items():
-        cfg.device, cfg.precision, cfg.out = base.device, base.precision, str(out / sub)
-        check_settings(cfg, cfg.out)
-    cache = iemocap.decode(corpus.utterances)
-    if world()[0] == 0:
-        for cfg in configs.values():
-            write_config(cfg, cfg.out, corpus)
+        check_settings(cfg, out / sub, rt)
+    audio = decode(corpus.utterances)
+    if rt.rank == 0:
+        for sub, cfg in configs.items():
+            write_config(cfg, rt, out / sub, corpus)
         for d in job_dirs:
             (out / d).mkdir(parents=True, exist_ok=True)
-    if world()[1] > 1:
-        dist.barrier()
-    return out, cache
-
-
-def tell_skipped(out, skipped):
-    """Say why each job this process left alone was left; interrupted ones end the call with exit 2."""
-    for job_dir, _, why in skipped:
-        print(f"{Path(job_dir).relative_to(out)}: {why}", file=sys.stderr)
-    waiting = [kind for _, kind, _ in skipped if kind == "interrupted"]
-    if waiting:
-        raise UserError(f"{len(waiting)} interrupted job(s) left alone: rerun with --resume and --out {out}")
+    barrier()
+    return out, rt, audio
 
 
 # ---------------------------------------------------------------------------- claims
@@ -268,47 +273,40 @@ def _take_over(lock, holder, resume):
     return fd, None
 
 
-def work(jobs, resume, train, finished):
-    """Claim and train each job in turn, skipping the ones finished or held by another process.
+class Claims:
+    """The jobs this process takes, in turn: `for job in Claims(out, jobs, resume)` yields each job
+    it could claim, held until the body of the loop is done with it, and skips the ones finished
+    or held by another process (under torchrun rank 0 claims, and every rank gets the same jobs).
+    Afterwards, tell_skipped() says why each job left alone was left."""
 
-    jobs: [(job folder, job)]; train(job) trains it (on every rank under torchrun, where rank 0
-    claims and tells the others); finished(job) runs on rank 0 after each job this process
-    finished. Returns [(job folder, kind, sentence)] of the jobs left to others ("held") or
-    waiting for --resume ("interrupted")."""
-    skipped = []
-    for job_dir, job in jobs:
-        held, why = claim(job_dir, resume) if world()[0] == 0 else (None, None)
-        if not broadcast(held is not None):
-            if world()[0] == 0 and why[0] != "finished":
-                skipped.append((job_dir, *why))
-            continue
-        try:
-            train(job)
-        finally:
-            if held:
-                held.release()
-        if world()[0] == 0:
-            finished(job)
-    return skipped
+    def __init__(self, out, jobs, resume, name=lambda job: job.name):
+        self.out, self.jobs, self.resume, self.name = Path(out), jobs, resume, name
+        self.skipped = []  # (job folder, kind, sentence): "held" by others or "interrupted" (waits for --resume)
+
+    def __iter__(self):
+        for job in self.jobs:
+            folder = self.out / self.name(job)
+            held, why = claim(folder, self.resume) if world()[0] == 0 else (None, None)
+            if not broadcast(held is not None):
+                if world()[0] == 0 and why[0] != "finished":
+                    self.skipped.append((folder, *why))
+                continue
+            try:
+                yield job
+            finally:
+                if held:
+                    held.release()
+
+    def tell_skipped(self):
+        """Say why each job left alone was left; interrupted ones end the call with exit status 2."""
+        for folder, _, why in self.skipped:
+            print(f"{folder.relative_to(self.out)}: {why}", file=sys.stderr)
+        waiting = [kind for _, kind, _ in self.skipped if kind == "interrupted"]
+        if waiting:
+            raise UserError(f"{len(waiting)} interrupted job(s) left alone: rerun with --resume and --out {self.out}")
 
 
 # ---------------------------------------------------------------------------- summary
-
-
-@contextlib.contextmanager
-def locked(path):
-    """flock(2) on the file `path` for the block: the processes that rebuild one report take turns."""
-    with open(path, "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        yield
-
-
-def pyplot():
-    """matplotlib.pyplot drawing to files (Agg), imported when first needed: it is slow to import."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def summarise(run):
@@ -325,7 +323,7 @@ def summarise(run):
             if path.exists():
                 done[fold, seed] = json.loads(path.read_text())
         summary = aggregate(expected, done, config)
-        table = markdown(summary, run)
+        table = markdown(summary)
         write_json(summary, run / "results.json")
         atomic_write(run / "results.md", lambda tmp: tmp.write_text(table))
         if done:
@@ -356,8 +354,7 @@ def aggregate(expected, done, config):
     if complete:
         mean = {m: float(np.mean(loso[m])) for m in loso}
         std = {m: stats.std(loso[m]) for m in loso}
-        ci = {m: stats.t_interval(loso[m]) for m in loso}
-        ci95 = None if len(complete) < 2 else ci
+        ci95 = {m: stats.t_interval(loso[m]) for m in loso} if len(complete) >= 2 else None
     else:  # no seed has every fold yet: the mean of what there is, marked partial
         mean = {m: float(np.mean([e[m] for e in per_fold])) if per_fold else None for m in ("wa", "ua")}
         std, ci95 = {"wa": None, "ua": None}, None
@@ -376,7 +373,7 @@ def pct(x):
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-def markdown(s, run):
+def markdown(s):
     lines = []
     if s["demo"]:
         lines += [f"--demo on the {s['corpus']}: a tiny random HuBERT and a short schedule; these numbers say the "

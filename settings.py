@@ -1,6 +1,10 @@
-"""The settings of a run and their checks: one dataclass whose field comments become every
-script's --help (reproduce.py, ablate.py), the ranges checked before any audio is decoded or any
-model is built, and how a script ends on bad input: one line on stderr and exit status 2.
+"""The settings of a run: one dataclass whose field comments become the --help of reproduce.py
+and ablate.py, the ranges checked before any audio is decoded or any model is built, and how a
+script ends on bad input (one line on stderr, exit status 2).
+
+Settings are inert: a Config is frozen once the command line is read. What a process decides
+when it starts (device, precision, rank, run folder) is util.Runtime's. This module imports
+neither torch nor transformers, so --help answers at once.
 """
 import argparse
 import dataclasses
@@ -11,33 +15,33 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
-import iemocap
-from iemocap import IemocapError
-from model import DEFAULT_BACKBONE, TINY, BackboneError, backbone_config
+DEFAULT_BACKBONE = "facebook/hubert-large-ll60k"  # HuBERT-Large, Libri-Light 60k h (Sec. 2.2)
+# transformers `model_type` of the backbones model.SERModel can cut: the wav2vec 2.0 family.
+FAMILIES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+# Names usable instead of a checkpoint (--demo, tests, bench): a tiny random-init model of the family.
+TINY = {"tiny": "hubert", "tiny-wav2vec2": "wav2vec2", "tiny-wavlm": "wavlm", "tiny-data2vec-audio": "data2vec-audio"}
+MIN_SAMPLES = 400  # HuBERT's conv front end needs 400 samples (25 ms) for its first frame
 
 
 def arg(default, help, **kw):
     return field(default=default, metadata=dict(help=help, **kw))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     # corpus
     iemocap: str = arg("", "IEMOCAP_full_release folder (default: $IEMOCAP_ROOT)")
     demo: bool = arg(False, "synthetic IEMOCAP-shaped corpus and a tiny random HuBERT: the whole pipeline on a CPU")
     allow_incomplete: bool = arg(False, "train on a copy whose utterance counts differ from the published ones")
     manifest: str = arg("", "another corpus: an EmoBox dataset folder (data/<dataset>/) or a CSV/JSONL file with path, "
-                        "label and fold or speaker columns (README, 'Your own corpus')")
+                        "label and fold or speaker columns (docs/corpora.md)")
     audio_root: str = arg("", "the folder a manifest's relative audio paths start from (EmoBox: the one holding "
                           "downloads/; a CSV: default its own folder)")
     classes: str = arg("", "comma-separated classes to keep, in this order (default: all the corpus has)")
     num_folds: int = arg(0, "a CSV with a speaker column: this many speaker-independent folds")
     # model (Sec. 2.2, Sec. 3.3)
-    hubert: str = arg(DEFAULT_BACKBONE, "hub id or local folder of the pretrained backbone (HuBERT, wav2vec 2.0, WavLM "
-                      "or data2vec-audio); " + ", ".join(TINY) + ": a small random one (--demo)")
+    backbone: str = arg(DEFAULT_BACKBONE, "hub id or local folder of the pretrained encoder (HuBERT, wav2vec 2.0, WavLM "
+                        "or data2vec-audio; --hubert is the same flag); " + ", ".join(TINY) + ": a small random one")
     layers: int = arg(22, "transformer layers kept, 1-based as in Fig. 2")
     dropout: float = arg(0.4, "attention-output ('projection') dropout in those layers, Table 1")
     pooling: str = arg("first", "F_e^0 (first frame) or Avg(F_e), Table 2", choices=["first", "avg"])
@@ -84,14 +88,22 @@ class Config:
 
 
 # --demo swaps the corpus and the model, and scales the schedule to a CPU; flags given on the command line win.
-DEMO = dict(hubert="tiny", layers=3, max_len=32_000, lr=5e-4, lr_center=5e-3, epochs=8, patience=4, workers=0)
+DEMO = dict(backbone="tiny", layers=3, max_len=32_000, lr=5e-4, lr_center=5e-3, epochs=8, patience=4, workers=0)
 
-# Fields that say which jobs run where, not what a job computes: processes sharing a run may differ in them.
-RUN_ONLY = {"fold", "seed", "seeds", "out", "device", "workers", "resume", "no_save", "grad_accum"}
+# Fields that say which jobs run, where and how, not what a job computes: the processes sharing a run may
+# differ in them. Those of THIS_PROCESS are never taken from a run folder's config.json, so that
+# `--resume --out DIR` alone continues the run's own jobs (its folds, seeds and --grad-accum) on this machine.
+THIS_PROCESS = {"out", "device", "workers", "resume", "no_save"}
+RUN_ONLY = THIS_PROCESS | {"fold", "seed", "seeds", "grad_accum"}
+RENAMED = {"hubert": "backbone"}  # the field's name in config.json files written before it was renamed
 
 
 class UserError(Exception):
     """Bad input: printed as one line, exit status 2."""
+
+
+class CorpusError(UserError):
+    """A corpus (IEMOCAP, an EmoBox folder, a CSV) or one of its audio files that cannot be used."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -101,17 +113,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
 def config_parser(description, sweep=(), skip=()):
     """A parser with one flag per Config field; fields in `sweep` take a list of values."""
     p = Parser(description=description)
     for f in dataclasses.fields(Config):
         if f.name in skip:
             continue
-        name = flag(f.name)
         shown = "" if f.type is bool or f.default == "" else f" (default: {f.default})"
         if f.name == "demo":
             shown = " (sets " + " ".join(f"{flag(k)} {v}" for k, v in DEMO.items()) + " unless given)"
-        names = [name, "--backbone"] if f.name == "hubert" else [name]  # --backbone: the same flag, for any family
+        names = [flag(f.name)] + [flag(old) for old, new in RENAMED.items() if new == f.name]  # --hubert: the paper's word
         kw = dict(help=f.metadata["help"] + shown, default=argparse.SUPPRESS, dest=f.name)
         if f.type is bool:
             p.add_argument(*names, action="store_true", **kw)
@@ -121,14 +136,17 @@ def config_parser(description, sweep=(), skip=()):
     return p
 
 
+def known(settings):
+    """The Config fields among a dict of settings (a config.json's, say), old names renamed."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    settings = {RENAMED.get(k, k): v for k, v in settings.items()}
+    return {k: v for k, v in settings.items() if k in names}
+
+
 def make_config(*layers):
     """Config from dicts of settings, later ones winning, with --demo's settings under all of them."""
-    settings = {k: v for layer in layers for k, v in layer.items()}
+    settings = {k: v for layer in layers for k, v in known(layer).items()}
     return Config(**{**(DEMO if settings.get("demo") else {}), **settings})
-
-
-def flag(name):
-    return "--" + name.replace("_", "-")
 
 
 # (field, test, what is allowed): checked before any audio is decoded or any model is built
@@ -138,7 +156,7 @@ RANGES = [
     ("mixup_p", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("mixup_lambda", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("center_weight", lambda v: v >= 0, ">= 0"),
-    ("max_len", lambda v: v >= iemocap.MIN_SAMPLES, f">= {iemocap.MIN_SAMPLES} (HuBERT's receptive field)"),
+    ("max_len", lambda v: v >= MIN_SAMPLES, f">= {MIN_SAMPLES} (HuBERT's receptive field)"),
     ("batch_size", lambda v: v >= 1, ">= 1"),
     ("grad_accum", lambda v: v >= 1, ">= 1"),
     ("lr", lambda v: v > 0, "> 0"),
@@ -166,16 +184,6 @@ def check_config(cfg):
             raise UserError(f"{flag(name)} {value}: must be {allowed}")
     if cfg.batch_size < cfg.grad_accum:
         raise UserError(f"--batch-size {cfg.batch_size}: must be >= --grad-accum ({cfg.grad_accum})")
-
-
-def check_backbone(cfg):
-    """--layers against the backbone's layer count, read from its config (no weights)."""
-    try:
-        num_layers = backbone_config(cfg.hubert).num_hidden_layers
-    except BackboneError as e:
-        raise UserError(f"--hubert {cfg.hubert}: {e}") from None
-    if cfg.layers > num_layers:
-        raise UserError(f"--layers {cfg.layers}: must be in 1..{num_layers}, the layers of --hubert {cfg.hubert}")
 
 
 def check_out(out):
@@ -206,18 +214,23 @@ def guarded(fn, *args, interrupted="interrupted: continue with --resume and the 
     say = (lambda m: print(m, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda m: None)
     try:
         return fn(*args)
-    except (UserError, IemocapError, BackboneError) as e:
+    except UserError as e:
         say(f"error: {e}")
         return 2
     except FloatingPointError as e:
         say(f"error: {e}")
         return 1
-    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError, its device-agnostic name, is torch >= 2.5
-        say(f"error: {out_of_memory}")
-        return 1
     except KeyboardInterrupt:
         say(f"\n{interrupted}")
         return 130
+    except Exception as e:
+        torch = sys.modules.get("torch")  # no torch imported, no GPU memory to run out of
+        # torch.cuda.OutOfMemoryError: torch.OutOfMemoryError, its device-agnostic name, is torch >= 2.5
+        if torch is not None and isinstance(e, torch.cuda.OutOfMemoryError):
+            say(f"error: {out_of_memory}")
+            return 1
+        raise
     finally:
-        if dist.is_available() and dist.is_initialized():
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -8,7 +8,6 @@ bootstrap interval of the mean difference and a sign-flip permutation test.
 import itertools
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 
 def std(values):
@@ -23,6 +22,7 @@ def t_interval(values, confidence=0.95):
     n = len(values)
     if n < 2:
         return None
+    from scipy import stats as scipy_stats  # here: scipy.stats takes seconds to import
     half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / np.sqrt(n)
     return [float(values.mean() - half), float(values.mean() + half)]
 

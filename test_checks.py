@@ -91,7 +91,7 @@ def test_every_range_is_checked(flag, value, allowed, tmp_path, capsys):
 
 def test_two_spellings_of_one_swept_value_are_refused_before_they_share_a_folder(small_corpus, tmp_path):
     done = cli("ablate.py", "--demo", "--demo-corpus", small_corpus, "--hubert", "tiny", "./tiny", "--out", tmp_path / "abl")
-    one_line_error(done, "hubert-tiny")
+    one_line_error(done, "backbone-tiny")
     assert not (tmp_path / "abl").exists()
 
 

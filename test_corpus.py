@@ -2,13 +2,16 @@
 import csv
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 import corpus as corpora
 from conftest import cli, one_line_error
-from iemocap import IemocapError, read_iemocap
+from corpus import from_iemocap, read_split, write_split
+from iemocap import CLASSES, read_iemocap
+from settings import CorpusError
 
 
 def emobox(root):
@@ -107,7 +110,7 @@ def test_classes_flag_keeps_those_classes_in_that_order(small_corpus):
     kept = corpora.keep_classes(corpus, "neu,ang")
     assert kept.classes == ("neu", "ang") and {u.label for u in kept.utterances} == {"neu", "ang"}
     assert all(u.label in ("neu", "ang") for u in kept.split("1")["test"])
-    with pytest.raises(IemocapError, match="--classes neu,fear"):
+    with pytest.raises(CorpusError, match="--classes neu,fear"):
         corpora.keep_classes(corpus, "neu,fear")
 
 
@@ -143,3 +146,39 @@ def test_a_class_absent_from_a_folds_training_data_is_refused(small_corpus, tmp_
     train = copy / "fold_2" / "replica_train_fold_2.jsonl"
     train.write_text("".join(line + "\n" for line in train.read_text().splitlines() if '"emo": "sad"' not in line))
     one_line_error(demo_on(copy, tmp_path, "--audio-root", small_corpus), "fold 2 has no sad utterance to train on")
+
+
+def test_folds_are_disjoint_and_cover_every_utterance(utterances):
+    for fold in range(1, 6):
+        split = from_iemocap(utterances).split(str(fold))
+        ids = [u.id for part in split.values() for u in part]
+        assert sorted(ids) == sorted(u.id for u in utterances)
+
+
+def test_fold_k_tests_on_exactly_session_k(utterances):
+    for fold in range(1, 6):
+        split = from_iemocap(utterances).split(str(fold))
+        assert {u.id for u in split["test"]} == {u.id for u in utterances if u.session == fold}
+        assert all(u.session != fold for u in split["train"] + split["val"])
+
+
+def test_validation_is_a_class_stratified_tenth_of_the_training_sessions(utterances):
+    split = from_iemocap(utterances).split("5")
+    pool = split["train"] + split["val"]
+    assert len(split["val"]) == round(0.1 * len(pool))
+    pool_share = Counter(u.label for u in pool)
+    val_share = Counter(u.label for u in split["val"])
+    for c in CLASSES:
+        assert abs(val_share[c] - 0.1 * pool_share[c]) <= 1
+    assert from_iemocap(utterances).split("5", val_fraction=0)["val"] == []
+
+
+def test_split_is_deterministic_per_seed_and_differs_across_seeds(utterances):
+    assert from_iemocap(utterances).split("2", seed=1) == from_iemocap(utterances).split("2", seed=1)
+    assert from_iemocap(utterances).split("2", seed=1)["val"] != from_iemocap(utterances).split("2", seed=2)["val"]
+
+
+def test_written_split_reads_back_as_the_same_ids(utterances, tmp_path):
+    split = from_iemocap(utterances).split("4", seed=7)
+    write_split(split, tmp_path / "run")
+    assert read_split(tmp_path / "run") == {k: [u.id for u in v] for k, v in split.items()}

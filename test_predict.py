@@ -10,6 +10,7 @@ import soundfile as sf
 import soxr
 import torch
 
+import corpus
 import iemocap
 import predict
 from conftest import TINY, cli
@@ -42,7 +43,7 @@ def classes(run):
 def test_wavs(run, small_corpus):
     """fold1/seed0's test utterances: (wav path, label)."""
     by_id = {u.id: u for u in iemocap.read_iemocap(small_corpus)}
-    return [(by_id[i].wav, by_id[i].label) for i in iemocap.read_split(run / "fold1" / "seed0" / "split")["test"]]
+    return [(by_id[i].wav, by_id[i].label) for i in corpus.read_split(run / "fold1" / "seed0" / "split")["test"]]
 
 
 @pytest.fixture(scope="module")

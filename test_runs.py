@@ -167,3 +167,15 @@ def test_summary_statistics_of_three_seeds_by_hand():
     assert s["folds"][0]["ua_std"] == pytest.approx(0.02)
     assert s["finished"] == s["expected"] == 6 and s["confusion"] == [[6, 0], [0, 6]]
     assert s["paper"] == runs.PAPER
+
+
+def test_a_run_folder_from_before_the_backbone_flag_was_renamed_resumes_as_it_was(single_run, small_corpus, tmp_path):
+    copy = shutil.copytree(single_run, tmp_path / "old")
+    config = json.loads((copy / "config.json").read_text())
+    config["config"] = {("hubert" if k == "backbone" else k): v for k, v in config["config"].items()}
+    (copy / "config.json").write_text(json.dumps(config))
+    (copy / "fold4/seed0/metrics.json").unlink()
+    done = cli("reproduce.py", "--resume", "--out", copy)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("--- ") == 1 and "--- fold4/seed0" in done.stdout
+    assert numbers(copy, "fold4/seed0") == numbers(single_run, "fold4/seed0")

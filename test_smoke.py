@@ -26,6 +26,9 @@ def test_demo_learns_emotion_from_sound_and_shuffled_labels_stay_at_chance(repli
     results = json.loads((tmp_path / "real" / "results.json").read_text())
     assert [f["fold"] for f in results["folds"]] == ["5"]
     assert results["mean"]["ua"] >= 0.60, real.stdout
+    if torch.__version__.startswith("2.13."):  # README's demo table, digit for digit, on the torch CI uses
+        fold = results["folds"][0]
+        assert (round(100 * fold["wa"], 2), round(100 * fold["ua"], 2), fold["best_epoch"]) == (91.25, 90.10, 5)
     assert set(results) >= {"folds", "mean", "std"} and set(results["mean"]) == {"wa", "ua"}
     assert (tmp_path / "real" / "fold5" / "seed0" / "best.safetensors").exists()
     assert not (tmp_path / "real" / "fold5" / "seed0" / "state.pt").exists()
@@ -256,7 +259,7 @@ def test_a_tiny_checkpoint_of_each_family_in_a_folder_trains_a_demo_epoch(family
     assert done.returncode == 0, done.stderr[-2000:]
     model = json.loads((tmp_path / "run/fold1/seed0/model.json").read_text())["model"]
     assert model["backbone_config"]["model_type"] == family and model["backbone_config"]["num_hidden_layers"] == 2
-    assert json.loads((tmp_path / "run/config.json").read_text())["config"]["hubert"] == str(tmp_path / family)
+    assert json.loads((tmp_path / "run/config.json").read_text())["config"]["backbone"] == str(tmp_path / family)
 
 
 def test_a_checkpoint_of_another_family_is_refused_before_anything_is_written(small_corpus, tmp_path):

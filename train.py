@@ -1,20 +1,18 @@
-"""The training machinery that reproduce.py, ablate.py and bench.py share: the data pipeline,
-one training step, and one job (a fold trained and tested with one seed), in one process or
-data-parallel under torchrun. The settings and their checks are in settings.py.
+"""One job: a fold trained with one seed and tested (Sec. 3.1-3.4), in one process or
+data-parallel under torchrun. Read it top-down, as the paper:
 
-The loop of `run_job` reads like Sec. 3.2: each epoch, batches of mixed pairs (Eq. 1, Eq. 3),
-the joint loss (Eq. 4-6), two Adam steps, the learning rates x0.8; then the validation WA
-decides early stopping, and the best epoch's weights are tested (Sec. 3.4).
+    run_job     the job: split, model, fit, test of the best epoch
+    fit         the loop of Sec. 3.2 and 3.4: epochs, learning-rate decay, validation, early stopping
+    train_step  one step: mix (Eq. 1), targets (Eq. 2, 3), the joint loss (Eq. 4-6), backward
+
+The machinery they stand on follows below them: the optimisers and what a step needs besides the
+paper (micro-batches, DistributedDataParallel), the data pipeline, evaluation and checkpoints.
 """
 import dataclasses
-import datetime
 import json
 import math
-import os
-import platform
-import socket
-import subprocess
 import time
+import warnings
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -22,23 +20,296 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import iemocap
+from audio import SAMPLE_RATE, load_audio, make_augmentation, prepare, seeded_global_rngs
+from corpus import write_split
+from iemocap import CLASSES
 from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, mixup_targets, recognition_loss
 from model import SERModel, load_backbone
-from settings import UserError
+from settings import MIN_SAMPLES
+from util import atomic_write, broadcast, write_json
+
+# The random streams of a job. Each draw is seeded by (seed, fold, epoch, stream), so a resumed job
+# draws exactly what an uninterrupted one did, and no stream shifts another.
+PARTNERS, ORDER, INIT, SHUFFLED_LABELS, DROPOUT = 1, 2, 3, 4, 5
 
 
 def derive_seed(*parts):
-    """One 32-bit seed per (seed, fold, epoch, ...): a resumed run draws exactly what an uninterrupted one did."""
+    """One 32-bit seed per (seed, fold, epoch, stream, ...)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def run_job(cfg, corpus, audio, job, folder, rt):
+    """Train fold `job.fold` with seed `job.seed` and test it (Sec. 3.1, 3.4): the fold's training
+    part, less a validation part for early stopping, trains the model; the epoch with the best
+    validation WA is tested on the fold's test part. Returns the metrics, also written to
+    folder/metrics.json, on rank 0 (None on the other ranks of a torchrun).
+
+    audio: the corpus decoded (audio.decode); rt: util.Runtime. A job interrupted after an epoch
+    continues from folder/state.pt and ends with the numbers of an uninterrupted one."""
+    folder, name = Path(folder), f"fold {job.fold} seed {job.seed}"
+    key = (job.seed, corpus.fold_number(job.fold))  # every random draw of the job derives from it
+    split = job_split(corpus, job, cfg.val_fraction, cfg.shuffle_labels, cfg.padding, key)
+    pairs, val_loader, test_loader = loaders(split, corpus.classes, audio, cfg, key)
+    model = build_model(cfg, len(corpus.classes), derive_seed(*key, 0, INIT)).to(rt.device)
+    if rt.rank == 0:
+        write_split(split, folder / "split")
+        # what predict.py needs to rebuild this model without the hub or the pretrained weights
+        write_json(dict(model=model.spec(), classes=list(corpus.classes), sample_rate=SAMPLE_RATE, max_len=cfg.max_len,
+                        padding=cfg.padding, fold=job.fold, seed=job.seed), folder / "model.json")
+    center_loss = CenterLoss(len(corpus.classes), model.f0.out_features).to(rt.device)  # the centers of Eq. 5
+    stopped = fit(model, center_loss, pairs, val_loader, cfg, rt, folder, key, name)
+    if rt.rank != 0:
+        return None
+    # Sec. 3.4: "evaluating the best model" - reload it (the authors' script tested the last epoch: BACKGROUND.md, bug 2)
+    best = load_file(folder / "best.safetensors", device=str(rt.device))
+    model.load_state_dict({k: v for k, v in best.items() if not k.startswith("center_loss.")})
+    test = evaluate(model, test_loader, rt, f"{name} test")
+    metrics = dict(fold=job.fold, seed=job.seed, wa=test["wa"], ua=test["ua"], recall=test["recall"],
+                   confusion=test["confusion"], classes=list(corpus.classes), best_epoch=stopped["best_epoch"],
+                   best_val_wa=stopped["best_wa"] if val_loader else None, n_train=len(split["train"]),
+                   n_val=len(split["val"]), n_test=len(split["test"]), history=stopped["history"])
+    write_json(metrics, folder / "metrics.json")
+    (folder / "state.pt").unlink()
+    if cfg.no_save:
+        (folder / "best.safetensors").unlink()
+    print(f"{name}: test WA {test['wa']:.4f} UA {test['ua']:.4f} (best epoch {stopped['best_epoch']})", flush=True)
+    return metrics
+
+
+def fit(model, center_loss, pairs, val_loader, cfg, rt, folder, key, name):
+    """The loop of Sec. 3.2 and 3.4. Each epoch: Adam steps on batches of mixed pairs, then both
+    learning rates x0.8 (for the first 20 epochs), then the validation WA. The best epoch's weights
+    are kept (folder/best.safetensors); --patience epochs without a better WA stop the job. Without
+    validation (Sec. 3.3) the last epoch is kept. Each epoch ends in folder/state.pt, from which an
+    interrupted job resumes. Returns the record of early stopping: best epoch, history."""
+    opt = Optimisation(cfg, model, center_loss, rt, fused=rt.device.type == "cuda")  # fused: same maths, one kernel
+    stopped = resume(folder / "state.pt", model, center_loss, opt, rt, name)
+    net = torch.nn.parallel.DistributedDataParallel(model) if rt.size > 1 else model
+    for epoch in range(stopped["epoch"] + 1, cfg.epochs + 1):
+        if stopped["bad_epochs"] >= cfg.patience:  # checked first: a job resumed after its early stop trains no more
+            if rt.rank == 0:
+                print(f"{name}: early stop, no better validation WA for {cfg.patience} epochs")
+            break
+        torch.manual_seed(derive_seed(*key, epoch, DROPOUT, rt.rank))
+        batches = Epoch(pairs, epoch, cfg, rt, f"{name} epoch {epoch}")  # mixup partners and batches drawn anew
+        net.train()
+        for batch, weight in batches:
+            batches.add(train_step(net, center_loss, opt, batch, cfg, rt, weight, batches.where))
+        lr = opt.decay()  # Sec. 3.2
+        val = validate(model, val_loader, rt, name) if val_loader else None
+        improved = val is None or val["wa"] > stopped["best_wa"]
+        if improved:
+            stopped.update(best_wa=val["wa"] if val else 0.0, best_epoch=epoch, bad_epochs=0)
+            if rt.rank == 0:
+                save_best(folder / "best.safetensors", model, center_loss)
+        else:
+            stopped["bad_epochs"] += 1
+        row = batches.row(lr=lr, val_wa=val and val["wa"], val_ua=val and val["ua"])
+        stopped["history"].append(row)
+        stopped["epoch"] = epoch
+        if rt.rank == 0:
+            save_state(folder / "state.pt", model, center_loss, opt, stopped)
+            print(f"{name} epoch {epoch:3d}  loss {row['loss']:.4f} (L_r {row['l_r']:.4f}, L_c {row['l_c']:.2f})  "
+                  + (f"val WA {val['wa']:.4f} UA {val['ua']:.4f}  " if val else "")
+                  + f"lr {lr:.2e}  {row['seconds']:.0f} s  {row['audio_per_s']:.0f} audio-s/s"
+                  + ("  *" if improved and val else ""), flush=True)
+    return stopped
+
+
+def train_step(net, center_loss, opt, batch, cfg, rt, weight=1.0, where=""):
+    """One optimizer step on a batch of pairs (x_i, x_j): the waveforms mixed (Eq. 1), their one-hot
+    labels mixed by the utterances' lengths (Eq. 3; Eq. 2 with --mixup conventional), the model's
+    output scored by the joint loss (Eq. 4-6), whose gradient updates the model and the class
+    centers (Sec. 3.2). Returns [L, L_r, L_c] of the batch. weight: Optimisation.step."""
+    x_i, x_j, mask, l_i, l_j, y_i, y_j = (None if t is None else t.to(rt.device, non_blocking=True) for t in batch)
+    y_i, y_j = (F.one_hot(y, len(center_loss.centers)).float() for y in (y_i, y_j))  # a center per class
+    lam = cfg.mixup_lambda
+    x = mix_waveforms(x_i, x_j, lam)  # Eq. 1 (an unmixed item is its own partner)
+    if cfg.mixup == "conventional":
+        y = mixup_targets(y_i, y_j, lam)  # Eq. 2
+    else:
+        y = label_adaptive_targets(y_i, y_j, l_i.float(), l_j.float(), lam)  # Eq. 3
+
+    def loss(part):  # the model on the items `part` of the batch, and Eq. 4-6
+        with autocast(rt.precision, rt.device):
+            z, logits = net(x[part], None if mask is None else mask[part])
+        L_r = recognition_loss(logits.float(), y[part])  # Eq. 4
+        L_c = center_loss(z.float(), y[part].argmax(1))  # Eq. 5: the class of the larger weight
+        return joint_loss(L_r, L_c, cfg.center_weight), L_r, L_c  # Eq. 6
+
+    return opt.step(loss, len(x), net, weight, where)
+
+
+# ---------------------------------------------------------------------------- optimisation
+
+
+class Optimisation:
+    """The optimisation of Sec. 3.2: Adam for the model at --lr, Adam for the class centers of Eq. 5
+    at --lr-center, both rates x0.8 after each of the first 20 epochs. And what a step needs that
+    the paper leaves out: micro-batches (--grad-accum), the gradient all-reduce under torchrun, and
+    the loss scaling of fp16 autocast."""
+
+    def __init__(self, cfg, model, center_loss, rt, fused=None):
+        adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam)
+        self.opt_c = torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam)
+        decay = lambda epoch: cfg.lr_decay ** min(epoch, cfg.lr_decay_epochs)  # /1.25 per epoch until the 20th
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, decay)
+        self.sched_c = torch.optim.lr_scheduler.LambdaLR(self.opt_c, decay)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+        self.centers, self.grad_accum, self.rt = center_loss.centers, cfg.grad_accum, rt
+
+    def step(self, loss, n, net, weight=1.0, where=""):
+        """Backward through loss(part) -> (L, L_r, L_c) for each micro-batch `part` of the n items,
+        then one step of each Adam. Returns [L, L_r, L_c] of the (global) batch.
+
+        weight: this process's share of the global batch (1 in one process). Under torchrun the
+        gradient of each rank's mean loss is scaled by weight * world size, so that the average that
+        DistributedDataParallel takes over the ranks (after the last micro-batch) equals the
+        single-process gradient; the centers, outside the DDP module, are averaged here."""
+        size = self.rt.size
+        self.opt.zero_grad(set_to_none=True)
+        self.opt_c.zero_grad(set_to_none=True)
+        total = torch.zeros(3, device=self.rt.device)  # L, L_r, L_c of the batch
+        micro = math.ceil(n / self.grad_accum)
+        starts = range(0, n, micro)
+        for s in starts:
+            part = slice(s, s + micro)
+            with net.no_sync() if size > 1 and s != starts[-1] else nullcontext():
+                L, L_r, L_c = loss(part)
+                share = weight * len(range(n)[part]) / n
+                self.scaler.scale(L * share * size).backward()
+            total += torch.stack([L, L_r, L_c]).detach() * share
+        if size > 1:
+            dist.all_reduce(self.centers.grad)
+            self.centers.grad /= size
+            dist.all_reduce(total)
+        total = total.tolist()  # the one host sync of a step
+        if not math.isfinite(total[0]):
+            raise FloatingPointError(f"{where}: the loss became {total[0]}; try --precision fp32 or a lower --lr")
+        self.scaler.step(self.opt)
+        self.scaler.step(self.opt_c)
+        self.scaler.update()
+        return total
+
+    def decay(self):
+        """The end of an epoch: both learning rates decay. Returns the model's rate of the epoch."""
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        self.sched_c.step()
+        return lr
+
+    def state_dict(self):
+        return dict(opt=self.opt.state_dict(), opt_c=self.opt_c.state_dict(), sched=self.sched.state_dict(),
+                    sched_c=self.sched_c.state_dict(), scaler=self.scaler.state_dict())
+
+    def load_state_dict(self, state):
+        for obj, k in [(self.opt, "opt"), (self.opt_c, "opt_c"), (self.sched, "sched"), (self.sched_c, "sched_c"),
+                       (self.scaler, "scaler")]:
+            obj.load_state_dict(state[k])
+
+
+def rank_batches(batches, rank, size):
+    """This rank's part of each global batch, and its weight in the batch's mean loss.
+
+    Contiguous slices, so the ranks together see exactly the single-process batch. A rank
+    whose slice is empty (a last batch smaller than the world) computes one item with weight
+    0: every rank must take part in every step's gradient all-reduce."""
+    parts = []
+    for b in batches:
+        per = math.ceil(len(b) / size)
+        part = b[rank * per:(rank + 1) * per]
+        parts.append((part, len(part) / len(b)) if part else (b[:1], 0.0))
+    return parts
+
+
+def autocast(precision, device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def build_model(cfg, num_classes, init_seed):
+    """SERModel of cfg, f0, f1 and (a tiny random backbone) initialised from init_seed."""
+    torch.manual_seed(init_seed)
+    model = SERModel(load_backbone(cfg.backbone), layers=cfg.layers, dropout=cfg.dropout, pooling=cfg.pooling,
+                     num_classes=num_classes, normalize_waveform=cfg.normalize_waveform)
+    # Weights the forward pass never uses (the time-mask embedding, masking being off) get no
+    # gradient; freezing them says so to DistributedDataParallel and changes nothing else.
+    for name, p in model.named_parameters():
+        if name.endswith("masked_spec_embed"):
+            p.requires_grad_(False)
+    return model
+
+
 # ---------------------------------------------------------------------------- data
+
+
+def job_split(corpus, job, val_fraction, shuffle_labels, padding, key):
+    """The job's utterances: {"train", "val", "test"} of its fold, the validation part drawn with its seed."""
+    split = corpus.split(job.fold, seed=job.seed, val_fraction=val_fraction)
+    if shuffle_labels:  # the negative control: sound and label no longer belong together wherever training
+        # or early stopping looks (true validation labels would pick a lucky epoch); the test keeps its own
+        pool = split["train"] + split["val"]
+        shuffled = np.random.default_rng(derive_seed(*key, 0, SHUFFLED_LABELS)).permutation([u.label for u in pool])
+        pool = [dataclasses.replace(u, label=str(label)) for u, label in zip(pool, shuffled)]
+        split["train"], split["val"] = pool[:len(split["train"])], pool[len(split["train"]):]
+    if padding == "dynamic":  # scores do not depend on order; like lengths together pad less
+        for part in ("val", "test"):
+            split[part] = sorted(split[part], key=lambda u: u.duration)
+    return split
+
+
+def loaders(split, classes, audio, cfg, key):
+    """The training pairs (TrainPairs: its batches are drawn each epoch) and the validation and test
+    loaders (None: no validation part)."""
+    dataset = lambda utts, augment: UtteranceDataset(utts, classes, cfg.max_len, augment, audio, seed=derive_seed(*key))
+    pairs = TrainPairs(split["train"], dataset(split["train"], cfg.augment), cfg.max_len,
+                       cfg.mixup_p if cfg.mixup != "none" else 0.0, key)
+    collate = partial(collate_eval, padding=cfg.padding, max_len=cfg.max_len)
+    loader = lambda utts: DataLoader(dataset(utts, "none"), batch_size=cfg.batch_size, num_workers=cfg.workers,
+                                     collate_fn=collate)
+    return pairs, loader(split["val"]) if split["val"] else None, loader(split["test"])
+
+
+class UtteranceDataset(Dataset):
+    """(waveform, length, label id) per utterance, in the authors' order: cropped to its first
+    max_len samples, then divided by the peak of that crop (so an utterance whose loudest
+    moment lies after the cut still reaches |x| = 1), padded to at least 400 samples, then
+    augmented with draws seeded by (seed, epoch, index), so an item is the same whichever
+    DataLoader worker makes it. `cache` is audio.decode's dict, or None to read each wav anew."""
+
+    def __init__(self, utterances, classes=CLASSES, max_len=100_000, augment="none", cache=None, seed=0):
+        self.utterances, self.classes = list(utterances), classes
+        self.label_ids = [classes.index(u.label) for u in self.utterances]
+        self.max_len = max_len
+        self.augmentation = make_augmentation(augment)
+        self.cache = cache
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.utterances)
+
+    def __getitem__(self, i):
+        u = self.utterances[i]
+        x = self.cache[u.id].astype(np.float32) / 32767 if self.cache is not None else load_audio(u.wav)
+        if len(x) < MIN_SAMPLES:
+            warnings.warn(f"{u.id} has {len(x)} samples; zero-padded to {MIN_SAMPLES}, HuBERT's receptive field")
+        x = prepare(x, self.max_len)
+        if self.augmentation is not None:
+            with seeded_global_rngs(self.seed, self.epoch, i):
+                x = self.augmentation(samples=x, sample_rate=SAMPLE_RATE)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return torch.from_numpy(x), len(x), self.label_ids[i]
 
 
 class TrainPairs(Dataset):
@@ -51,20 +322,19 @@ class TrainPairs(Dataset):
     which Eq. 1 and Eq. 3 leave unchanged.
     """
 
-    def __init__(self, utterances, data, cfg, key):
-        self.data, self.cfg, self.key = data, cfg, key  # key: (seed, fold number) of the job
-        self.nominal = np.array([min(round(u.duration * iemocap.SAMPLE_RATE), cfg.max_len) for u in utterances])
+    def __init__(self, utterances, data, max_len, p, key):
+        self.data, self.p, self.key = data, p, key  # key: (seed, fold number) of the job
+        self.nominal = np.array([min(round(u.duration * SAMPLE_RATE), max_len) for u in utterances])
         self.set_epoch(0)
 
     def set_epoch(self, epoch):
         self.data.set_epoch(epoch)
-        rng = np.random.default_rng(derive_seed(*self.key, epoch, 1))
+        rng = np.random.default_rng(derive_seed(*self.key, epoch, PARTNERS))
         n = len(self.data)
-        p = self.cfg.mixup_p if self.cfg.mixup != "none" else 0.0
-        self.partner = np.where(rng.random(n) < p, rng.integers(n, size=n), np.arange(n))
+        self.partner = np.where(rng.random(n) < self.p, rng.integers(n, size=n), np.arange(n))
         # what the model will see of each item: the longer of the pair (Eq. 1); used to bucket batches
         self.lengths = np.maximum(self.nominal, self.nominal[self.partner])
-        self.order_rng = np.random.default_rng(derive_seed(*self.key, epoch, 2))
+        self.order_rng = np.random.default_rng(derive_seed(*self.key, epoch, ORDER))
 
     def __len__(self):
         return len(self.data)
@@ -86,6 +356,44 @@ class TrainPairs(Dataset):
         return batches
 
 
+class Epoch:
+    """One epoch's batches of pairs, as (batch, weight) for this process (under torchrun its part of
+    each batch, rank_batches), with a progress bar of the mean loss so far; add() the step's losses
+    and row() gives the epoch's line of the history."""
+
+    def __init__(self, pairs, epoch, cfg, rt, where):
+        pairs.set_epoch(epoch)
+        self.parts = rank_batches(pairs.batches(cfg.batch_size, cfg.padding == "dynamic"), rt.rank, rt.size)
+        self.loader = DataLoader(pairs, batch_sampler=[p for p, _ in self.parts], num_workers=cfg.workers,
+                                 collate_fn=partial(collate_train, padding=cfg.padding, max_len=cfg.max_len),
+                                 pin_memory=rt.device.type == "cuda")
+        self.epoch, self.rt, self.where = epoch, rt, where
+        self.t0, self.audio_seconds, self.sums = time.time(), 0.0, np.zeros(3)
+
+    def __iter__(self):
+        bar = tqdm(self.loader, desc=self.where, leave=False, dynamic_ncols=True,
+                   disable=None if self.rt.rank == 0 else True)  # disable=None: bars only on a terminal, not in logs
+        for k, (batch, (_, weight)) in enumerate(zip(bar, self.parts), 1):
+            if weight:  # real audio, no padding
+                self.audio_seconds += torch.maximum(batch[3], batch[4]).sum().item() / SAMPLE_RATE
+            yield batch, weight
+            bar.set_postfix(loss=f"{self.sums[0] / k:.3f}")  # the mean so far (bar.n lags by up to tqdm's mininterval)
+        if self.rt.size > 1:  # every rank's audio; on the job's device: NCCL reduces CUDA tensors only
+            total = torch.tensor([self.audio_seconds], dtype=torch.float64, device=self.rt.device)
+            dist.all_reduce(total)
+            self.audio_seconds = total.item()
+        self.seconds = time.time() - self.t0
+
+    def add(self, losses):
+        self.sums += losses
+
+    def row(self, **more):
+        """The history's line: the mean L, L_r and L_c of the steps, `more`, the seconds and audio-s/s."""
+        loss, l_r, l_c = (self.sums / len(self.parts)).tolist()
+        return dict(epoch=self.epoch, loss=loss, l_r=l_r, l_c=l_c, **more, seconds=self.seconds,
+                    audio_per_s=self.audio_seconds / self.seconds)
+
+
 def pad(waves, lengths, padding, max_len):
     """(B, L) waveforms and (B, L) attention mask, or None for fixed padding.
 
@@ -103,52 +411,39 @@ def pad(waves, lengths, padding, max_len):
     return x, mask
 
 
-def collate_train(items, cfg):
+def collate_train(items, padding, max_len):
     x_i, l_i, y_i, x_j, l_j, y_j = zip(*items)
     l_i, l_j = torch.tensor(l_i), torch.tensor(l_j)
     l_ij = torch.maximum(l_i, l_j)  # Eq. 1: the mix is as long as the longer one
-    x_i, mask = pad(x_i, l_ij, cfg.padding, cfg.max_len)
-    x_j, _ = pad(x_j, l_ij, cfg.padding, cfg.max_len)
+    x_i, mask = pad(x_i, l_ij, padding, max_len)
+    x_j, _ = pad(x_j, l_ij, padding, max_len)
     return x_i, x_j, mask, l_i, l_j, torch.tensor(y_i), torch.tensor(y_j)
 
 
-def collate_eval(items, cfg):
+def collate_eval(items, padding, max_len):
     x, l, y = zip(*items)
-    x, mask = pad(x, l, cfg.padding, cfg.max_len)
+    x, mask = pad(x, l, padding, max_len)
     return x, mask, torch.tensor(y)
 
 
-# ---------------------------------------------------------------------------- model
+# ---------------------------------------------------------------------------- evaluation
 
 
-def build_model(cfg, num_classes, init_seed):
-    """SERModel of cfg, f0, f1 and (a tiny random backbone) initialised from init_seed."""
-    torch.manual_seed(init_seed)
-    model = SERModel(load_backbone(cfg.hubert), layers=cfg.layers, dropout=cfg.dropout, pooling=cfg.pooling,
-                     num_classes=num_classes, normalize_waveform=cfg.normalize_waveform)
-    # Weights the forward pass never uses (the time-mask embedding, masking being off) get no
-    # gradient; freezing them says so to DistributedDataParallel and changes nothing else.
-    for name, p in model.named_parameters():
-        if name.endswith("masked_spec_embed"):
-            p.requires_grad_(False)
-    return model
-
-
-def autocast(precision, device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+def validate(model, loader, rt, name):
+    """Rank 0 validates, as one process would; the other ranks wait for its verdict."""
+    return broadcast(evaluate(model, loader, rt, f"{name} validate") if rt.rank == 0 else None)
 
 
 @torch.no_grad()
-def evaluate(model, loader, cfg, device, desc, classes):
+def evaluate(model, loader, rt, desc):
     model.eval()
     y_true, y_pred = [], []
     for x, mask, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
-        with autocast(cfg.precision, device):
-            _, logits = model(x.to(device), None if mask is None else mask.to(device))
+        with autocast(rt.precision, rt.device):
+            _, logits = model(x.to(rt.device), None if mask is None else mask.to(rt.device))
         y_true.append(y)
         y_pred.append(logits.argmax(1).cpu())
-    return scores(torch.cat(y_true).numpy(), torch.cat(y_pred).numpy(), classes)
+    return scores(torch.cat(y_true).numpy(), torch.cat(y_pred).numpy(), loader.dataset.classes)
 
 
 def scores(y_true, y_pred, classes):
@@ -161,307 +456,30 @@ def scores(y_true, y_pred, classes):
                 confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist())
 
 
-# ---------------------------------------------------------------------------- data parallel
+# ---------------------------------------------------------------------------- checkpoints
 
 
-def world():
-    """(rank, world size): (0, 1) outside torchrun."""
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+def resume(path, model, center_loss, opt, rt, name):
+    """The record of early stopping: a new one, or an interrupted job's from its state.pt, whose
+    weights, centers and optimiser states are loaded too, so that the job goes on where it stopped."""
+    if not path.exists():
+        return dict(epoch=0, best_wa=-1.0, best_epoch=0, bad_epochs=0, history=[])
+    state = torch.load(path, map_location=rt.device, weights_only=True)  # weights_only: a run folder may come from someone else
+    model.load_state_dict(state["model"])
+    center_loss.load_state_dict(state["center"])
+    opt.load_state_dict(state)
+    stopped = json.loads(state["es"])
+    if rt.rank == 0:
+        print(f"{name}: resumed after epoch {stopped['epoch']}")
+    return stopped
 
 
-def init_distributed(cfg):
-    """Under torchrun: one process group for the whole run (NCCL on GPUs, gloo on CPUs), and this
-    process's device (cuda:LOCAL_RANK). Outside torchrun: nothing."""
-    if "LOCAL_RANK" not in os.environ or dist.is_initialized():
-        return
-    local = int(os.environ["LOCAL_RANK"])
-    size = int(os.environ["WORLD_SIZE"])
-    if size > cfg.batch_size:
-        raise UserError(f"torchrun started {size} processes, more than --batch-size {cfg.batch_size}: each process "
-                        "needs at least one utterance of every batch; use fewer processes or a larger batch")
-    if cfg.device in ("", "cuda") and torch.cuda.is_available():  # "cuda" names no GPU: this process's own
-        cfg.device = f"cuda:{local}"
-    if cfg.device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(cfg.device))
-    backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(hours=1))  # long: rank 0 alone tests and saves
+def save_state(path, model, center_loss, opt, stopped):
+    state = dict(model=model.state_dict(), center=center_loss.state_dict(), **opt.state_dict(), es=json.dumps(stopped))
+    atomic_write(path, partial(torch.save, state))
 
 
-def broadcast(obj):
-    """rank 0's obj on every rank."""
-    if world()[1] == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def rank_batches(batches, rank, size):
-    """This rank's part of each global batch, and its weight in the batch's mean loss.
-
-    Contiguous slices, so the ranks together see exactly the single-process batch. A rank
-    whose slice is empty (a last batch smaller than the world) computes one item with weight
-    0: every rank must take part in every step's gradient all-reduce."""
-    parts = []
-    for b in batches:
-        per = math.ceil(len(b) / size)
-        part = b[rank * per:(rank + 1) * per]
-        parts.append((part, len(part) / len(b)) if part else (b[:1], 0.0))
-    return parts
-
-
-# ---------------------------------------------------------------------------- one step
-
-
-def optimizers(cfg, model, center_loss, fused=None):
-    """Sec. 3.2: Adam for the model at --lr, and for the centers of Eq. 5 at --lr-center."""
-    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
-    return (torch.optim.Adam(model.parameters(), lr=cfg.lr, **adam),
-            torch.optim.Adam(center_loss.parameters(), lr=cfg.lr_center, **adam))
-
-
-def train_step(model, center_loss, opt, opt_c, scaler, batch, cfg, device, weight=1.0, where=""):
-    """One optimizer step on a collate_train batch: Eq. 1, Eq. 3 (or 2), forward, Eq. 4-6,
-    backward, both Adam steps. Returns [L, L_r, L_c] of the (global) batch.
-
-    weight: this process's share of the global batch (1 in one process). Under torchrun the
-    gradient of each rank's mean loss is scaled by weight * world size, so that the average
-    that DistributedDataParallel takes over the ranks equals the single-process gradient."""
-    _, size = world()
-    x_i, x_j, mask, l_i, l_j, y_i, y_j = (None if t is None else t.to(device, non_blocking=True) for t in batch)
-    onehot = lambda y: torch.nn.functional.one_hot(y, len(center_loss.centers)).float()  # a center per class
-    y_i, y_j, lam = onehot(y_i), onehot(y_j), cfg.mixup_lambda
-    x = mix_waveforms(x_i, x_j, lam)  # Eq. 1 (unmixed items are their own partner)
-    if cfg.mixup == "conventional":
-        y = mixup_targets(y_i, y_j, lam)  # Eq. 2
-    else:
-        y = label_adaptive_targets(y_i, y_j, l_i.float(), l_j.float(), lam)  # Eq. 3
-    opt.zero_grad(set_to_none=True)
-    opt_c.zero_grad(set_to_none=True)
-    step = torch.zeros(3, device=device)  # L, L_r, L_c of this batch
-    micro = math.ceil(len(x) / cfg.grad_accum)
-    starts = range(0, len(x), micro)
-    for s in starts:  # micro-batches of --grad-accum; under torchrun the gradients are all-reduced after the last
-        part = slice(s, s + micro)
-        with model.no_sync() if size > 1 and s != starts[-1] else nullcontext():
-            with autocast(cfg.precision, device):
-                z, logits = model(x[part], None if mask is None else mask[part])
-            l_r = recognition_loss(logits.float(), y[part])  # Eq. 4
-            l_c = center_loss(z.float(), y[part].argmax(1))  # Eq. 5
-            loss = joint_loss(l_r, l_c, cfg.center_weight)  # Eq. 6
-            share = weight * len(logits) / len(x)
-            scaler.scale(loss * share * size).backward()
-        step += torch.stack([loss, l_r, l_c]).detach() * share
-    if size > 1:  # the centers are not in the DDP module: average their gradient by hand
-        dist.all_reduce(center_loss.centers.grad)
-        center_loss.centers.grad /= size
-        dist.all_reduce(step)
-    step = step.tolist()  # the one host sync of a step
-    if not math.isfinite(step[0]):
-        raise FloatingPointError(f"{where}: the loss became {step[0]}; try --precision fp32 or a lower --lr")
-    scaler.step(opt)
-    scaler.step(opt_c)
-    scaler.update()
-    return step
-
-
-# ---------------------------------------------------------------------------- files
-
-
-def atomic_write(path, write):
-    """write(tmp) then rename: a run killed mid-write leaves the old file, never half a new one.
-    The temporary name is this process's own, so processes sharing a folder never mix their writes."""
-    tmp = Path(f"{path}.{socket.gethostname()}-{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(obj, path):
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-# ---------------------------------------------------------------------------- one job
-
-
-def run_job(cfg, corpus, fold, seed, job_dir, audio_cache):
-    """Train on fold `fold`'s training part with seed `seed`, validate, test the best epoch;
-    returns the job's metrics, also written as metrics.json in job_dir (on rank 0).
-
-    With cfg.resume a job interrupted earlier continues from its last finished epoch (state.pt)
-    and ends with the same numbers as an uninterrupted one. Under torchrun every rank calls this
-    with the same job; rank 0 alone writes files, validates and tests.
-    """
-    job_dir = Path(job_dir)
-    metrics_path, state_path, best_path = job_dir / "metrics.json", job_dir / "state.pt", job_dir / "best.safetensors"
-    rank, size = world()
-    device = torch.device(cfg.device)
-    classes, name = corpus.classes, f"fold {fold} seed {seed}"
-    key = (seed, corpus.fold_number(fold))  # every draw of the job derives from it
-    cfg = dataclasses.replace(cfg, seed=seed)
-
-    split = corpus.split(fold, seed=seed, val_fraction=cfg.val_fraction)
-    train = split["train"]
-    if cfg.shuffle_labels:  # the negative control: sound and label no longer belong together wherever training
-        # or early stopping looks (true validation labels would pick a lucky epoch); the test keeps its own
-        pool = train + split["val"]
-        shuffled = np.random.default_rng(derive_seed(*key, 0, 4)).permutation([u.label for u in pool])
-        pool = [dataclasses.replace(u, label=str(label)) for u, label in zip(pool, shuffled)]
-        train, split["val"] = pool[:len(train)], pool[len(train):]
-    make = lambda utts, aug: iemocap.UtteranceDataset(utts, classes, max_len=cfg.max_len, augment=aug, cache=audio_cache,
-                                                      seed=derive_seed(*key))
-    pairs = TrainPairs(train, make(train, cfg.augment), cfg, key)
-    if cfg.padding == "dynamic":  # scores do not depend on order; like lengths together pad less
-        for part in ("val", "test"):
-            split[part] = sorted(split[part], key=lambda u: u.duration)
-    eval_loader = lambda utts: DataLoader(make(utts, "none"), batch_size=cfg.batch_size, num_workers=cfg.workers,
-                                          collate_fn=partial(collate_eval, cfg=cfg))
-    val_loader = eval_loader(split["val"]) if split["val"] else None
-    test_loader = eval_loader(split["test"])
-
-    model = build_model(cfg, len(classes), derive_seed(*key, 0, 3)).to(device)
-    if rank == 0:
-        iemocap.write_split(split, job_dir / "split")
-        # what predict.py needs to rebuild this model without the hub or the pretrained weights
-        write_json(dict(model=model.spec(), classes=list(classes), sample_rate=iemocap.SAMPLE_RATE,
-                        max_len=cfg.max_len, padding=cfg.padding, fold=fold, seed=seed), job_dir / "model.json")
-    center_loss = CenterLoss(len(classes), model.f0.out_features).to(device)  # Eq. 5
-    opt, opt_c = optimizers(cfg, model, center_loss, fused=device.type == "cuda")  # fused: same maths, one kernel
-    decay = lambda e: cfg.lr_decay ** min(e, cfg.lr_decay_epochs)  # Sec. 3.2: /1.25 per epoch until the 20th
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
-    sched_c = torch.optim.lr_scheduler.LambdaLR(opt_c, decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    es = dict(epoch=0, best_wa=-1.0, best_epoch=0, bad_epochs=0, history=[])
-
-    if state_path.exists():  # weights_only: a run folder may come from someone else
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        center_loss.load_state_dict(state["center"])
-        for obj, k in [(opt, "opt"), (opt_c, "opt_c"), (sched, "sched"), (sched_c, "sched_c"), (scaler, "scaler")]:
-            obj.load_state_dict(state[k])
-        es = json.loads(state["es"])
-        if rank == 0:
-            print(f"{name}: resumed after epoch {es['epoch']}")
-    net = torch.nn.parallel.DistributedDataParallel(model) if size > 1 else model
-
-    for epoch in range(es["epoch"] + 1, cfg.epochs + 1):
-        if es["bad_epochs"] >= cfg.patience:  # checked first: a job resumed after its early stop trains no more
-            if rank == 0:
-                print(f"{name}: early stop, no better validation WA for {cfg.patience} epochs")
-            break
-        torch.manual_seed(derive_seed(*key, epoch, 5, rank))  # dropout
-        pairs.set_epoch(epoch)
-        parts = rank_batches(pairs.batches(cfg.batch_size, cfg.padding == "dynamic"), rank, size)
-        loader = DataLoader(pairs, batch_sampler=[p for p, _ in parts], num_workers=cfg.workers,
-                            collate_fn=partial(collate_train, cfg=cfg), pin_memory=device.type == "cuda")
-        net.train()
-        t0, audio_seconds, sums = time.time(), 0.0, np.zeros(3)
-        bar = tqdm(loader, desc=f"{name} epoch {epoch}", leave=False, dynamic_ncols=True,
-                   disable=None if rank == 0 else True)  # disable=None: bars only on a terminal, not in logs
-        for k, (batch, (_, weight)) in enumerate(zip(bar, parts), 1):
-            if weight:  # real audio, no padding
-                audio_seconds += torch.maximum(batch[3], batch[4]).sum().item() / iemocap.SAMPLE_RATE
-            step = train_step(net, center_loss, opt, opt_c, scaler, batch, cfg, device, weight,
-                              where=f"{name} epoch {epoch}")
-            sums += step
-            bar.set_postfix(loss=f"{sums[0] / k:.3f}")  # the mean so far (bar.n lags by up to tqdm's mininterval)
-        if size > 1:  # on the job's device: NCCL reduces CUDA tensors only
-            total = torch.tensor([audio_seconds], dtype=torch.float64, device=device)
-            dist.all_reduce(total)
-            audio_seconds = total.item()
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
-        sched_c.step()
-        seconds = time.time() - t0
-
-        val = None
-        if val_loader:  # rank 0 validates, as one process would; the others wait for its verdict
-            val = broadcast(evaluate(model, val_loader, cfg, device, f"{name} validate", classes) if rank == 0 else None)
-        improved = val is None or val["wa"] > es["best_wa"]  # without validation (Sec. 3.3) the last epoch is kept
-        if improved:
-            es.update(best_wa=val["wa"] if val else 0.0, best_epoch=epoch, bad_epochs=0)
-            if rank == 0:
-                best = {**model.state_dict(), **{f"center_loss.{k}": v for k, v in center_loss.state_dict().items()}}
-                atomic_write(best_path, lambda tmp: save_file({k: v.contiguous() for k, v in best.items()}, tmp))
-        else:
-            es["bad_epochs"] += 1
-        mean = (sums / len(parts)).tolist()
-        row = dict(epoch=epoch, loss=mean[0], l_r=mean[1], l_c=mean[2], lr=lr, val_wa=val and val["wa"],
-                   val_ua=val and val["ua"], seconds=seconds, audio_per_s=audio_seconds / seconds)
-        es["history"].append(row)
-        es["epoch"] = epoch
-        if rank == 0:
-            state = dict(model=model.state_dict(), center=center_loss.state_dict(), opt=opt.state_dict(),
-                         opt_c=opt_c.state_dict(), sched=sched.state_dict(), sched_c=sched_c.state_dict(),
-                         scaler=scaler.state_dict(), es=json.dumps(es))
-            atomic_write(state_path, partial(torch.save, state))
-            print(f"{name} epoch {epoch:3d}  loss {row['loss']:.4f} (L_r {row['l_r']:.4f}, L_c {row['l_c']:.2f})  "
-                  + (f"val WA {val['wa']:.4f} UA {val['ua']:.4f}  " if val else "")
-                  + f"lr {lr:.2e}  {seconds:.0f} s  {row['audio_per_s']:.0f} audio-s/s" + ("  *" if improved and val else ""),
-                  flush=True)
-
-    if rank != 0:
-        return None
-    # Sec. 3.4: "evaluating the best model" - reload it (the authors' script tested the last epoch: BACKGROUND.md, bug 2)
-    best = load_file(best_path, device=str(device))
-    model.load_state_dict({k: v for k, v in best.items() if not k.startswith("center_loss.")})
-    test = evaluate(model, test_loader, cfg, device, f"{name} test", classes)
-    metrics = dict(fold=fold, seed=seed, wa=test["wa"], ua=test["ua"], recall=test["recall"], confusion=test["confusion"],
-                   classes=list(classes), best_epoch=es["best_epoch"], best_val_wa=es["best_wa"] if val_loader else None,
-                   n_train=len(train), n_val=len(split["val"]), n_test=len(split["test"]), history=es["history"])
-    write_json(metrics, metrics_path)
-    state_path.unlink()
-    if cfg.no_save:
-        best_path.unlink()
-    print(f"{name}: test WA {test['wa']:.4f} UA {test['ua']:.4f} (best epoch {es['best_epoch']})", flush=True)
-    return metrics
-
-
-# ---------------------------------------------------------------------------- where it runs
-
-
-def resolve_device(cfg):
-    """cfg.device and cfg.precision made concrete. A real run (not --demo) that finds no GPU stops:
-    HuBERT-Large on a CPU takes days. --device cpu runs it anyway."""
-    if not cfg.device:
-        if not torch.cuda.is_available() and not cfg.demo:
-            cuda = torch.version.cuda or "none (a CPU-only build)"
-            raise UserError(f"no GPU found (torch {torch.__version__}, built for CUDA {cuda}, "
-                            f"torch.cuda.is_available() is False): a run on the CPU takes days; "
-                            "pass --device cpu to run it there anyway")
-        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.precision == "auto":
-        cfg.precision = default_precision(torch.device(cfg.device))
-
-
-def default_precision(device):
-    """bf16 autocast on a GPU that has it, else fp32."""
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def device_name(device):
-    """The GPU's name, or the CPU's model and core count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        cpu = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
-        cpu = cpu.split(":", 1)[1].strip()
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu} ({os.cpu_count()} cores)"
-
-
-def environment(cfg):
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-        except OSError:
-            return ""
-    import sklearn
-    import transformers
-    return dict(git_commit=git("rev-parse", "HEAD"), git_dirty=bool(git("status", "--porcelain", "--untracked-files=no")),
-                python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-                sklearn=sklearn.__version__, numpy=np.__version__, world_size=world()[1],
-                device_name=device_name(torch.device(cfg.device)))
+def save_best(path, model, center_loss):
+    """The weights of the best epoch so far, the class centers under center_loss.*."""
+    best = {**model.state_dict(), **{f"center_loss.{k}": v for k, v in center_loss.state_dict().items()}}
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in best.items()}, tmp))
