@@ -17,7 +17,6 @@ under torchrun, never rerun once finished.
 """
 import csv
 import itertools
-import json
 import re
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ import corpus as corpora
 import paper
 import runs
 import stats
-from settings import Config, UserError, check_config, config_parser, guarded, make_config
+from settings import Config, DamagedFile, UserError, check_config, config_parser, guarded, make_config
 from util import atomic_write, locked, pyplot
 
 SWEEPS = ["backbone", "layers", "dropout", "pooling", "mixup", "center_weight"]  # flags that take a list of values
@@ -124,6 +123,8 @@ def run(args):
     for fold in folds:
         if fold not in corpus.folds:
             raise UserError(f"--folds {' '.join(folds_arg)}: {fold} is not a fold of {corpus.name} ({', '.join(corpus.folds)})")
+    for val_fraction in {c.val_fraction for c in configs}:
+        corpora.check_validation(corpus, folds, val_fraction)
     seeds = range(base.seed, base.seed + base.seeds)
     jobs = [(c, runs.Job(f, s)) for c in range(len(grid)) for s in seeds for f in folds]
     name = lambda cj: f"{cell_name(grid[cj[0]])}/{cj[1].name}"
@@ -159,11 +160,15 @@ def run(args):
 # ---------------------------------------------------------------------------- the report
 
 
-def cell_results(out, cell):
-    """{(fold, seed): metrics} of the cell's finished jobs."""
+def cell_results(out, cell, damaged):
+    """{(fold, seed): metrics} of the cell's finished jobs; a damaged metrics.json is added to `damaged`."""
     done = {}
-    for path in (out / cell_name(cell)).glob("fold*/seed*/metrics.json"):
-        m = json.loads(path.read_text())
+    for path in sorted((out / cell_name(cell)).glob("fold*/seed*/metrics.json")):
+        try:
+            m = runs.read_metrics(path)
+        except DamagedFile:
+            damaged.append(str(path.relative_to(out)))
+            continue
         done[m["fold"], m["seed"]] = m
     return done
 
@@ -187,10 +192,10 @@ def report(grid, protocol, ref, out):
     Fig. 2) and ablation_diff.png (the paired differences to the reference, a forest plot).
     Serialised by flock(2) on OUT/.report.lock, as runs.summarise."""
     with locked(out / ".report.lock"):
-        configs = [json.loads((out / cell_name(c) / "config.json").read_text()) for c in grid]
-        rows = compare([dict(cell=c, done=cell_results(out, c), paper=paper_numbers(c, protocol, config))
+        configs, damaged = [runs.read_config(out / cell_name(c) / "config.json") for c in grid], []
+        rows = compare([dict(cell=c, done=cell_results(out, c, damaged), paper=paper_numbers(c, protocol, config))
                         for c, config in zip(grid, configs)], ref)
-        table = markdown(rows, protocol, ref)
+        table = markdown(rows, protocol, ref, damaged)
         atomic_write(out / "ablation.md", lambda tmp: tmp.write_text(table))
         write_csv(rows, out / "ablation.csv")
         if any(r["done"] for r in rows):
@@ -203,7 +208,7 @@ def fmt(v, digits=2):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def markdown(rows, protocol, ref):
+def markdown(rows, protocol, ref, damaged=()):
     keys = list(dict.fromkeys(k for r in rows for k in r["cell"]))
     folds = sorted({f for r in rows for f, _ in r["done"]}, key=corpora.fold_key)
     seeds = sorted({s for r in rows for _, s in r["done"]})
@@ -229,6 +234,9 @@ def markdown(rows, protocol, ref):
               "two-sided sign-flip permutation p (exact up to 16 pairs). With one pair the interval is a point and "
               "p = 1: repeat with --seeds or --folds all. With n pairs p cannot fall below 2/2^n (5 pairs: 0.0625), "
               "and a bootstrap interval over few pairs is too narrow: trust a difference that p also supports."]
+    if damaged:
+        lines += ["", f"{len(damaged)} damaged job(s) left out: {', '.join(damaged)} (delete such a job's folder and "
+                      "rerun with --resume to train it again)."]
     return "\n".join(lines) + "\n"
 
 

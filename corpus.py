@@ -15,8 +15,10 @@ set is a seeded, class-stratified share of the training list (hold_out).
 """
 import csv
 import json
+import math
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import iemocap
 from audio import header_seconds
 from iemocap import CLASSES, Utterance
 from settings import CorpusError
+from util import atomic_write, read_back
 
 
 @dataclass
@@ -64,12 +67,21 @@ def write_split(split, folder):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, utterances in split.items():
-        (folder / f"{name}.txt").write_text("".join(f"{u.id}\n" for u in utterances))
+        atomic_write(folder / f"{name}.txt", lambda tmp: tmp.write_text("".join(f"{u.id}\n" for u in utterances)))
 
 
-def read_split(folder) -> dict:
-    """The id lists written by write_split: {"train": [ids], "val": [...], "test": [...]}."""
-    return {name: (Path(folder) / f"{name}.txt").read_text().split() for name in ("train", "val", "test")}
+def read_split(folder, known=None) -> dict:
+    """The id lists written by write_split: {"train": [ids], "val": [...], "test": [...]}; with
+    `known` (a set of ids), an id outside it makes the file damaged (cut short, or another corpus's)."""
+    def load(path):
+        ids = path.read_text().split()
+        strangers = [i for i in ids if known is not None and i not in known]
+        if strangers:
+            raise ValueError(f"{len(strangers)} id(s) not in the corpus, e.g. {strangers[0]!r}")
+        return ids
+    return {name: read_back(Path(folder) / f"{name}.txt", load, "the ids of the job's split; train the job again in a new "
+                                                                "--out, or check that the run's corpus is the one it was "
+                                                                "trained on") for name in ("train", "val", "test")}
 
 
 def hold_out(pool, val_fraction, seed):
@@ -143,6 +155,37 @@ def check_folds(corpus):
                                "drop the class with --classes or use other folds")
 
 
+def check_validation(corpus, folds, val_fraction):
+    """Before any work: the training part of each fold in `folds` can give up a class-stratified
+    validation part of val_fraction (hold_out, scikit-learn's stratified split) and still hold every
+    class: 2 utterances of each class at least, and as many utterances on either side as classes.
+    Where it cannot, one line says what is short and what to change. A small corpus is refused
+    rather than split another way: a validation part without some class would stop early on a
+    score that never sees it."""
+    if val_fraction == 0:
+        return
+    instead = "or pass --val-fraction 0 (no validation: the last epoch is tested, as in Sec. 3.3)"
+    for fold in folds:
+        if corpus.vals and corpus.vals.get(fold):
+            continue  # the corpus publishes its own validation list
+        pool = corpus.split(fold, val_fraction=0)["train"]
+        counts = Counter(u.label for u in pool)
+        n, k = len(pool), len(corpus.classes)
+        n_val = math.ceil(val_fraction * n)  # as scikit-learn rounds it
+        where = f"{corpus.name}, fold {fold}"
+        rare = [f"{c} has {counts[c]}" for c in corpus.classes if counts[c] < 2]
+        if rare:
+            raise CorpusError(f"{where}: {', '.join(rare)} training utterance(s), and a validation part drawn by class "
+                              f"needs 2 of each: drop the class with --classes, {instead}")
+        if n_val < k:
+            raise CorpusError(f"{where}: --val-fraction {val_fraction} of its {n} training utterances is a validation "
+                              f"part of {n_val}, fewer than its {k} classes: raise --val-fraction to "
+                              f"{math.ceil(100 * k / n) / 100} or more, keep fewer --classes, {instead}")
+        if n - n_val < k:
+            raise CorpusError(f"{where}: --val-fraction {val_fraction} leaves {n - n_val} of its {n} training utterances "
+                              f"to train on, fewer than its {k} classes: lower --val-fraction, {instead}")
+
+
 def keep_classes(corpus, classes):
     """--classes a,b,c: these classes, in this order; utterances of the others are dropped."""
     wanted = tuple(c.strip() for c in classes.split(",") if c.strip())
@@ -177,7 +220,7 @@ def from_manifest(path, audio_root="", num_folds=0):
 
 def _jsonl(path):
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (ValueError, UnicodeDecodeError) as e:
         raise CorpusError(f"{path}: not JSON lines ({e})") from None
 
@@ -233,12 +276,19 @@ def from_emobox(folder, audio_root):
 
 
 def from_table(path, audio_root, num_folds):
-    """A CSV (or JSON lines) file: `path`, `label`, and `fold` or `speaker`; optional `id`."""
-    if path.suffix in (".jsonl", ".json"):
-        rows = _jsonl(path)
+    """A CSV, TSV (or JSON lines) file: `path`, `label`, and `fold` or `speaker`; optional `id`.
+    Read as spreadsheets save them: a byte-order mark, CRLF line ends, blank lines, spaces around
+    cells and column names in any case are all taken in stride."""
+    if path.suffix.lower() in (".jsonl", ".json"):
+        rows = [{str(k).strip().lower(): v for k, v in row.items()} for row in _jsonl(path)]
     else:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.DictReader(f, dialect=csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise CorpusError(f"{path}: not a CSV file ({e})") from None
+        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(k, str)} for row in rows]
+        rows = [row for row in rows if any(row.values())]  # a spreadsheet's empty rows (",,,")
     columns = set(rows[0]) if rows else set()
     if not {"path", "label"} <= columns or not columns & {"fold", "speaker"}:
         raise CorpusError(f"{path}: columns {', '.join(sorted(columns)) or 'none'}; a manifest needs path, label and "

@@ -56,6 +56,7 @@ def reproduce(given):
     folds = corpus.folds if cfg.fold == "all" else [cfg.fold]
     if not set(folds) <= set(corpus.folds):
         raise UserError(f"--fold {cfg.fold}: must be one of {', '.join(corpus.folds)} or all")
+    corpora.check_validation(corpus, folds, cfg.val_fraction)
     jobs = [runs.Job(f, s) for s in range(cfg.seed, cfg.seed + cfg.seeds) for f in folds]
     mine = [runs.parse_job(given["job"])] if given.get("job") else jobs
     if mine[0] not in jobs:

@@ -27,8 +27,9 @@ import paper
 import stats
 from audio import decode
 from corpus import fold_key
-from settings import RUN_ONLY, THIS_PROCESS, UserError, check_out, flag, known
-from util import HOST, atomic_write, barrier, broadcast, environment, locked, pyplot, start_runtime, world, write_json
+from settings import RUN_ONLY, THIS_PROCESS, DamagedFile, DiskFull, UserError, check_out, flag, known
+from util import (HOST, atomic_write, barrier, broadcast, environment, locked, no_space, pyplot, read_json, start_runtime,
+                  world, write_json)
 
 PAPER = {m: round(v / 100, 4) for m, v in paper.TABLE3.items()}  # Table 3, as fractions like our scores
 # flags whose value is a path: --list-jobs writes them absolute
@@ -73,8 +74,20 @@ def saved_settings(out):
     path = Path(out) / "config.json" if out else None
     if not path or not path.exists():
         return {}
-    saved = known(json.loads(path.read_text())["config"])
+    saved = known(read_config(path)["config"])
     return {k: v for k, v in saved.items() if k not in THIS_PROCESS}
+
+
+def read_config(path):
+    """A run's config.json: its settings, its corpus and where it ran."""
+    return read_json(path, "it holds the run's settings: copy it back from where the run was made, or start the "
+                           "run anew in another --out", keys=("config", "corpus"))
+
+
+def read_metrics(path):
+    """A finished job's metrics.json."""
+    return read_json(path, f"delete the job's folder ({Path(path).parent}) and rerun with --resume to train it again",
+                     keys=("fold", "seed", "wa", "ua", "recall", "confusion", "best_epoch", "history"))
 
 
 def recorded(cfg, rt=None, out=None):
@@ -97,14 +110,18 @@ def write_config(cfg, rt, out, corpus):
     resolved = dict(config=recorded(cfg, rt, out), corpus=dict(name=corpus.name, classes=list(corpus.classes),
                                                                paper=corpus.paper), environment=environment(rt.device))
     tmp = path.with_name(f"config.json.{HOST}-{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
     try:
+        tmp.write_text(json.dumps(resolved, indent=2) + "\n")
         if changed:
             os.replace(tmp, path)  # the folder's settings were never used: these replace them
         else:
             os.link(tmp, path)  # atomic, and fails if another process wrote it first
     except FileExistsError:
         check_settings(cfg, out, rt)
+    except OSError as e:
+        if no_space(e):
+            raise DiskFull(f"cannot write {path}: no space left on device") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -120,7 +137,7 @@ def check_settings(cfg, out, rt=None):
     path = Path(out) / "config.json"
     if not path.exists():
         return []
-    saved = known(json.loads(path.read_text())["config"])
+    saved = known(read_config(path)["config"])
     mine = recorded(cfg, rt, out)
     changed = [k for k, v in mine.items() if k not in RUN_ONLY and saved.get(k) != v and
                not (k == "precision" and v == "auto")]
@@ -197,7 +214,7 @@ def _pid_alive(pid):
 def _holder(path):
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # gone meanwhile, or damaged: a holder we cannot name
         return {}
 
 
@@ -315,14 +332,17 @@ def summarise(run):
     once write in turn, and the later one reads what the earlier wrote. Returns the table."""
     run = Path(run)
     with locked(run / ".summary.lock"):
-        config = json.loads((run / "config.json").read_text())
+        config = read_config(run / "config.json")
         expected = [(j.fold, j.seed) for j in jobs_on_disk(run)]
-        done = {}
+        done, damaged = {}, []
         for fold, seed in expected:
             path = run / f"fold{fold}" / f"seed{seed}" / "metrics.json"
             if path.exists():
-                done[fold, seed] = json.loads(path.read_text())
-        summary = aggregate(expected, done, config)
+                try:
+                    done[fold, seed] = read_metrics(path)
+                except DamagedFile:  # the others are summarised; the table names this one
+                    damaged.append(str(path.relative_to(run)))
+        summary = aggregate(expected, done, config, damaged)
         table = markdown(summary)
         write_json(summary, run / "results.json")
         atomic_write(run / "results.md", lambda tmp: tmp.write_text(table))
@@ -331,7 +351,7 @@ def summarise(run):
     return table
 
 
-def aggregate(expected, done, config):
+def aggregate(expected, done, config, damaged=()):
     """The numbers of results.json: per fold mean +/- std over seeds; per seed the LOSO score
     (mean of its folds); over seeds the mean, std and Student-t 95 % interval of that score."""
     folds = sorted({f for f, _ in expected}, key=fold_key)
@@ -363,6 +383,7 @@ def aggregate(expected, done, config):
                                                                             for k, s in enumerate(complete)},
                 seeds_complete=complete, finished=len(done), expected=len(expected),
                 missing=[f"fold{f}/seed{s}" for f, s in expected if (f, s) not in done],
+                damaged=list(damaged),
                 runs=[dict(fold=f, seed=s, wa=r["wa"], ua=r["ua"], best_epoch=r["best_epoch"]) for (f, s), r in done.items()],
                 classes=classes, confusion=confusion, corpus=config["corpus"]["name"],
                 paper=PAPER if config["corpus"]["paper"] else None,
@@ -379,7 +400,10 @@ def markdown(s):
         lines += [f"--demo on the {s['corpus']}: a tiny random HuBERT and a short schedule; these numbers say the "
                   "pipeline works, not how IEMOCAP scores.", ""]
     n_seeds = len({r["seed"] for r in s["runs"]})
-    lines += [f"{s['finished']} of {s['expected']} jobs finished." + (f" Missing: {', '.join(s['missing'])}." if s["missing"] else ""),
+    damaged = (f", {len(s['damaged'])} damaged: {', '.join(s['damaged'])} (delete such a job's folder and rerun with "
+               "--resume to train it again)") if s["damaged"] else ""
+    unread = [m for m in s["missing"] if f"{m}/metrics.json" not in s["damaged"]]
+    lines += [f"{s['finished']} of {s['expected']} jobs finished{damaged}." + (f" Missing: {', '.join(unread)}." if unread else ""),
               "", "| fold | WA (%) | UA (%) | best epoch | seeds |", "|---|---|---|---|---|"]
     pm = lambda m, e: pct(e[m]) + ("" if e[f"{m}_std"] is None else f" +/- {pct(e[f'{m}_std'])}")
     for e in s["folds"]:

@@ -106,6 +106,14 @@ class CorpusError(UserError):
     """A corpus (IEMOCAP, an EmoBox folder, a CSV) or one of its audio files that cannot be used."""
 
 
+class DamagedFile(UserError):
+    """A file the suite reads back (util.read_back) is missing, cut short or not what it should be."""
+
+
+class DiskFull(UserError):
+    """A write failed for want of space or quota (util.atomic_write); the file it would replace is intact."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (and exit 2), not the usage block."""
 
@@ -207,13 +215,17 @@ def check_out(out):
 def guarded(fn, *args, interrupted="interrupted: continue with --resume and the same --out",
             out_of_memory="out of GPU memory: rerun with a larger --grad-accum (the same batch in smaller pieces, the "
                           "same result), --resume and the same --out; --padding dynamic needs less memory too, in a "
-                          "new --out"):
+                          "new --out",
+            disk_full="free some space, then continue with --resume and the same --out"):
     """Run fn; bad input and known failures end as one line on stderr (from one process under
-    torchrun) and a non-zero exit status. `interrupted` and `out_of_memory` say what to do next
-    (by default, how to continue a training run)."""
+    torchrun) and a non-zero exit status. `interrupted`, `out_of_memory` and `disk_full` say what to
+    do next (by default, how to continue a training run)."""
     say = (lambda m: print(m, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda m: None)
     try:
         return fn(*args)
+    except DiskFull as e:
+        say(f"error: {e}; {disk_full}")
+        return 2
     except UserError as e:
         say(f"error: {e}")
         return 2

@@ -32,7 +32,7 @@ from iemocap import CLASSES
 from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, mixup_targets, recognition_loss
 from model import SERModel, load_backbone
 from settings import MIN_SAMPLES
-from util import atomic_write, broadcast, write_json
+from util import atomic_write, broadcast, read_back, save_torch, write_json
 
 # The random streams of a job. Each draw is seeded by (seed, fold, epoch, stream), so a resumed job
 # draws exactly what an uninterrupted one did, and no stream shifts another.
@@ -67,8 +67,7 @@ def run_job(cfg, corpus, audio, job, folder, rt):
     if rt.rank != 0:
         return None
     # Sec. 3.4: "evaluating the best model" - reload it (the authors' script tested the last epoch: BACKGROUND.md, bug 2)
-    best = load_file(folder / "best.safetensors", device=str(rt.device))
-    model.load_state_dict({k: v for k, v in best.items() if not k.startswith("center_loss.")})
+    load_best(folder / "best.safetensors", model, rt)
     test = evaluate(model, test_loader, rt, f"{name} test")
     metrics = dict(fold=job.fold, seed=job.seed, wa=test["wa"], ua=test["ua"], recall=test["recall"],
                    confusion=test["confusion"], classes=list(corpus.classes), best_epoch=stopped["best_epoch"],
@@ -464,19 +463,32 @@ def resume(path, model, center_loss, opt, rt, name):
     weights, centers and optimiser states are loaded too, so that the job goes on where it stopped."""
     if not path.exists():
         return dict(epoch=0, best_wa=-1.0, best_epoch=0, bad_epochs=0, history=[])
-    state = torch.load(path, map_location=rt.device, weights_only=True)  # weights_only: a run folder may come from someone else
-    model.load_state_dict(state["model"])
-    center_loss.load_state_dict(state["center"])
-    opt.load_state_dict(state)
-    stopped = json.loads(state["es"])
+
+    def load(path):
+        state = torch.load(path, map_location=rt.device, weights_only=True)  # weights_only: a run folder may come from someone else
+        model.load_state_dict(state["model"])
+        center_loss.load_state_dict(state["center"])
+        opt.load_state_dict(state)
+        return json.loads(state["es"])
+
+    stopped = read_back(path, load, "delete it to train that job again from its first epoch")
     if rt.rank == 0:
         print(f"{name}: resumed after epoch {stopped['epoch']}")
     return stopped
 
 
+def load_best(path, model, rt):
+    """The best epoch's weights into the model (the class centers saved beside them are left out)."""
+    def load(path):
+        best = load_file(path, device=str(rt.device))
+        model.load_state_dict({k: v for k, v in best.items() if not k.startswith("center_loss.")})
+    read_back(path, load, f"the weights of the job's best epoch: delete it and {path.parent / 'state.pt'} to train "
+                          "that job again from its first epoch")
+
+
 def save_state(path, model, center_loss, opt, stopped):
     state = dict(model=model.state_dict(), center=center_loss.state_dict(), **opt.state_dict(), es=json.dumps(stopped))
-    atomic_write(path, partial(torch.save, state))
+    atomic_write(path, partial(save_torch, state))
 
 
 def save_best(path, model, center_loss):
