@@ -1,7 +1,12 @@
 """Shared fixtures of the tests: the synthetic replica, a small corpus, and running a script as a user would.
 
 The tests run on a CPU without downloads, against a tiny random HuBERT and the synthetic replica:
-`python -m pytest -q`."""
+`python -m pytest -q`.
+
+A test is worth its time only if it can fail. To check a new one: plant the bug it is about in
+the code (the sign of a difference flipped, lambda and 1 - lambda swapped, the padding let into a
+mean, one member of an ensemble instead of all), run the test and watch it fail, then remove the
+bug and watch it pass. A test that passes on the planted bug is rewritten until it fails on it."""
 import os
 import shutil
 import subprocess

@@ -244,11 +244,7 @@ class SERModel(nn.Module):
     def features(self, waveforms, attention_mask=None):
         """F_e: (B, T, hidden) output of layer k, before a pre-LN encoder's final LayerNorm."""
         if self.normalize_waveform:
-            valid = torch.ones_like(waveforms) if attention_mask is None else attention_mask.to(waveforms.dtype)
-            n = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
-            mean = (waveforms * valid).sum(-1, keepdim=True) / n
-            var = ((waveforms - mean) ** 2 * valid).sum(-1, keepdim=True) / n
-            waveforms = (waveforms - mean) / torch.sqrt(var + 1e-7) * valid  # padding stays 0
+            waveforms = normalise(waveforms, attention_mask)
         return self.backbone(waveforms, attention_mask=attention_mask).last_hidden_state  # (B, T, 1024)
 
     def forward(self, waveforms, attention_mask=None):
@@ -266,6 +262,16 @@ class SERModel(nn.Module):
         z = self.f0(pooled)  # (B, 64)
         logits = self.f1(z)  # (B, num_classes); no activation between f0 and f1, as the authors' script
         return z, logits
+
+
+def normalise(waveforms, attention_mask=None):
+    """Zero mean and unit variance per utterance, over its valid samples only, as the checkpoint's
+    feature extractor (do_normalize) would; padding stays 0. (B, L) -> (B, L)."""
+    valid = torch.ones_like(waveforms) if attention_mask is None else attention_mask.to(waveforms.dtype)
+    n = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
+    mean = (waveforms * valid).sum(-1, keepdim=True) / n
+    var = ((waveforms - mean) ** 2 * valid).sum(-1, keepdim=True) / n
+    return (waveforms - mean) / torch.sqrt(var + 1e-7) * valid
 
 
 def model_from_spec(spec, attn_implementation="sdpa"):

@@ -25,6 +25,11 @@ def test_mixup_target_at_half_is_the_average_of_the_two_one_hots():
     assert torch.allclose(y, torch.tensor([[0.5, 0.0, 0.5, 0.0]]))
 
 
+def test_mixup_target_at_lambda_point_three_weights_the_first_label_point_three():
+    y = mixup_targets(ANG[None], SAD[None], lam=0.3)  # Eq. 2: 0.3 * ang + 0.7 * sad
+    assert torch.allclose(y, torch.tensor([[0.3, 0.0, 0.7, 0.0]]))
+
+
 def test_label_adaptive_target_weights_one_and_three_second_clips_as_quarter_and_three_quarters():
     y = label_adaptive_targets(HAP[None], NEU[None], torch.tensor([16000]), torch.tensor([48000]))
     assert torch.allclose(y, torch.tensor([[0.0, 0.25, 0.0, 0.75]]))

@@ -12,7 +12,17 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, BertConfig, BertModel
 
 from losses import CenterLoss, joint_loss, label_adaptive_targets, recognition_loss
-from model import FAMILIES, TINY, BackboneError, SERModel, backbone_config, load_backbone, model_from_spec, tiny_config
+from model import (
+    FAMILIES,
+    TINY,
+    BackboneError,
+    SERModel,
+    backbone_config,
+    load_backbone,
+    model_from_spec,
+    normalise,
+    tiny_config,
+)
 
 PRE_LN = ("hubert", "wav2vec2", "wavlm")  # families with a pre-LN ("stable layer norm") encoder
 
@@ -146,6 +156,25 @@ def test_normalize_waveform_ignores_gain_and_padding():
         z, _ = model(x, mask)
         z_scaled, _ = model(3 * x + 1, mask)
     assert torch.allclose(z, z_scaled, atol=1e-4)
+
+
+def test_normalize_waveform_takes_its_mean_and_variance_over_the_valid_samples_only():
+    model = SERModel(tiny_backbone(), layers=2, pooling="avg", normalize_waveform=True).eval()
+    torch.manual_seed(3)
+    x = 0.2 * torch.randn(12000) + 0.05
+    batch = torch.full((2, 16000), 7.0)  # padding far from the item's own statistics
+    batch[0, :12000], batch[1] = x, torch.randn(16000)
+    mask = torch.ones(2, 16000, dtype=torch.long)
+    mask[0, 12000:] = 0
+    with torch.no_grad():
+        z_batch, _ = model(batch, mask)
+        z_alone, _ = model(x[None])
+    torch.testing.assert_close(z_batch[0], z_alone[0], rtol=0, atol=1e-4)
+    # the waveform itself (the model's layer norms forgive a wrong scale): mean 0 and variance 1 over the valid samples
+    y = normalise(batch, mask)[0]
+    assert abs(y[:12000].mean()) < 1e-5 and y[:12000].var(unbiased=False) == pytest.approx(1, abs=1e-4)
+    assert not y[12000:].any()
+    torch.testing.assert_close(y[:12000], normalise(x[None])[0], rtol=0, atol=1e-5)
 
 
 def test_batch_of_two_different_length_waveforms_runs_forward_and_backward():

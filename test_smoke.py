@@ -1,6 +1,7 @@
 """The command lines of reproduce.py, ablate.py and bench.py, run as a user would on the synthetic replica."""
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from transformers import AutoModel, BertConfig, HubertModel
 import bench
 import reproduce
 import settings
+import stats
 import train
 from conftest import HERE, cli
 from model import FAMILIES, SERModel, tiny_config
@@ -154,6 +156,18 @@ def test_ablation_over_two_folds_and_two_seeds_pairs_jobs_and_reruns_nothing(sma
     with open(tmp_path / "abl" / "ablation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["jobs"] for r in rows] == ["4", "4"] and float(rows[0]["d_ua"]) == 0.0
+    # the adaptive row's paired differences, worked by hand from the jobs' metrics.json
+    cell = lambda m: tmp_path / "abl" / f"mixup-{m}_augment-authors"
+    score = lambda m, f, s, k: json.loads((cell(m) / f"fold{f}/seed{s}/metrics.json").read_text())[k]
+    for k in ("wa", "ua"):
+        d = [100 * (score("adaptive", f, s, k) - score("conventional", f, s, k)) for f in (1, 5) for s in (0, 1)]
+        assert any(d), "the two cells must differ for this test to mean anything"
+        assert float(rows[1][f"d_{k}"]) == pytest.approx(sum(d) / 4, abs=1e-4)  # adaptive minus conventional
+        flips = [abs(sum(sign * x for sign, x in zip(signs, d))) / 4 for signs in itertools.product((1, -1), repeat=4)]
+        p = sum(f >= abs(sum(d)) / 4 - 1e-9 for f in flips) / 16  # the exact sign-flip p: 16 sign patterns
+        assert float(rows[1][f"p_{k}"]) == pytest.approx(p, abs=1e-4)
+        lo, hi = float(rows[1][f"d_{k}_lo"]), float(rows[1][f"d_{k}_hi"])
+        assert [lo, hi] == pytest.approx(stats.bootstrap_interval(d), abs=1e-4)  # of these pairs, this sign
     for name in ("ablation.png", "ablation_diff.png"):
         assert (tmp_path / "abl" / name).read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "abl" / "ablation.md").read_text()
@@ -229,6 +243,19 @@ def test_flop_count_of_one_more_layer_is_six_per_matmul_weight_per_frame_plus_at
     assert extra == 3 * (2 * T * weights + 4 * T * T * config.hidden_size)
 
 
+def test_flop_count_of_a_one_layer_tiny_model_on_one_second_is_worked_by_hand():
+    # tiny_config: conv 32 channels x 7 with kernels 10,3,3,3,3,2,2 and strides 5,2,2,2,2,2,2; hidden 64,
+    # feed-forward 128, positional convolution of kernel 16 in 4 groups; 16,000 samples
+    frames = [3199, 1599, 799, 399, 199, 99, 49]  # (T - kernel) // stride + 1, layer by layer
+    conv = 2 * 3199 * 1 * 32 * 10 + sum(2 * t * 32 * 32 * k for t, k in zip(frames[1:], (3, 3, 3, 3, 2, 2)))
+    assert conv == 21_060_992
+    projection = 2 * 49 * 32 * 64  # 200,704
+    positional = 2 * 49 * 64 * 16 * 16  # each output channel sees 16 of 64 inputs over 16 taps: 1,605,632
+    layer = 2 * 49 * (4 * 64 * 64 + 2 * 64 * 128) + 2 * 2 * 49 * 49 * 64  # Q, K, V, O, feed-forward; QK^T and AV
+    heads = 2 * (64 * 64 + 64 * 4)  # f0 and f1
+    assert bench.train_flops(tiny_config(), 1, 16_000) == 3 * (conv + projection + positional + layer + heads) == 80_105_856
+
+
 def test_bench_quick_runs_and_its_last_line_is_the_speedup(tmp_path):
     done = cli("bench.py", "--quick", "--corpus", tmp_path / "replica", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -237,6 +264,11 @@ def test_bench_quick_runs_and_its_last_line_is_the_speedup(tmp_path):
     header = max(k for k, line in enumerate(lines) if line.startswith("| variant |"))  # the table just before it
     rows = [line.split(" | ")[0].strip("| ") for line in lines[header + 2:-1]]
     assert rows[:2] == ["authors", "default"] and rows[-1] == "fast" and set(rows) <= {"authors", "default", "fast fp32", "fast"}
+    cells = {row: line.strip("| ").split(" | ") for row, line in zip(rows, lines[header + 2:-1])}
+    audio = {row: float(c[5]) for row, c in cells.items()}  # the table's audio s/s column
+    speedup = float(re.search(r"(\d+\.\d\d)x", lines[-1]).group(1))
+    assert cells["fast"][-1] == f"{speedup:.2f}x"  # the last line is the fast row's ratio
+    assert speedup == pytest.approx(audio["fast"] / audio["authors"], abs=0.01 + 0.01 * speedup)  # up to the table's rounding
 
 
 def test_authors_model_and_suite_model_of_the_bench_compute_the_same_logits_on_the_same_weights():
@@ -260,6 +292,8 @@ def test_a_tiny_checkpoint_of_each_family_in_a_folder_trains_a_demo_epoch(family
     model = json.loads((tmp_path / "run/fold1/seed0/model.json").read_text())["model"]
     assert model["backbone_config"]["model_type"] == family and model["backbone_config"]["num_hidden_layers"] == 2
     assert json.loads((tmp_path / "run/config.json").read_text())["config"]["backbone"] == str(tmp_path / family)
+    metrics = json.loads((tmp_path / "run/fold1/seed0/metrics.json").read_text())  # written after training and testing
+    assert [row["epoch"] for row in metrics["history"]] == [1] and metrics["n_test"] == sum(map(sum, metrics["confusion"]))
 
 
 def test_a_checkpoint_of_another_family_is_refused_before_anything_is_written(small_corpus, tmp_path):

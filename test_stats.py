@@ -9,7 +9,7 @@ import stats
 
 def test_three_seed_loso_scores_give_mean_std_and_t_interval_by_hand():
     scores = [0.70, 0.72, 0.74]
-    assert np.mean(scores) == pytest.approx(0.72)  # the hand-worked mean the interval below centres on
+    # the mean of 0.70, 0.72 and 0.74 is 0.72: the interval below centres on it
     # sample std: sqrt(((-0.02)^2 + 0 + 0.02^2) / (3 - 1)) = 0.02
     assert stats.std(scores) == pytest.approx(0.02)
     # t(0.975, 2) = 4.303: 0.72 +/- 4.303 * 0.02 / sqrt(3) = 0.72 +/- 0.04969
@@ -48,3 +48,12 @@ def test_bootstrap_interval_is_reproducible_for_its_seed_and_contains_the_mean()
     assert 0.01 <= a[0] and a[1] <= 0.04  # a mean of resampled pairs never leaves their range
     many = np.random.default_rng(0).normal(size=12)
     assert stats.bootstrap_interval(many, seed=3) != stats.bootstrap_interval(many, seed=4)  # the seed is used
+
+
+def test_bootstrap_interval_of_many_normal_pairs_has_the_width_of_the_normal_quantiles():
+    d = np.random.default_rng(1).normal(0.5, 2.0, size=400)
+    se = d.std(ddof=0) / np.sqrt(len(d))  # the bootstrap's mean of n resampled pairs spreads by this
+    for confidence, z in ((0.95, 1.959964), (0.5, 0.674490)):
+        lo, hi = stats.bootstrap_interval(d, resamples=20_000, confidence=confidence)
+        assert (hi - lo) / 2 == pytest.approx(z * se, rel=0.05)
+        assert (lo + hi) / 2 == pytest.approx(d.mean(), abs=0.05 * se + 0.02 * z * se)
