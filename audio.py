@@ -1,7 +1,11 @@
 """Audio as the model takes it, in the authors' order (BACKGROUND.md, "Data pipeline"): read any
 file as float32 mono at 16 kHz, cut to its first max_len samples, divide by the peak of that cut,
-pad to HuBERT's receptive field; decode a corpus once into memory; the augmentation chains."""
+pad to HuBERT's receptive field; decode a corpus once into memory; the augmentation chains.
+
+soundfile (libsndfile) reads wav, flac, ogg and mp3; what it cannot read (mp4, m4a, avi, webm, mkv,
+aac, ...) is read by FFmpeg through PyAV: the first audio stream of the container (docs/corpora.md)."""
 import contextlib
+import os
 import random
 import warnings
 
@@ -16,20 +20,36 @@ SAMPLE_RATE = 16_000
 
 
 def header_seconds(path) -> float:
-    """A file's length in seconds from its header, without decoding it; 0 when it cannot be read
-    (the callers' own checks, or load_audio, then say why)."""
+    """A file's length in seconds from its header, without decoding it (a container's: its first
+    audio stream's, else the container's); 0 when it cannot be read (the callers' own checks, or
+    load_audio, then say why)."""
     try:
         return sf.info(str(path)).duration
+    except Exception:
+        pass
+    try:
+        import av
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            if stream.duration is not None:
+                return float(stream.duration * stream.time_base)
+            return (container.duration or 0) / av.time_base
     except Exception:
         return 0.0
 
 
 def load_audio(path) -> np.ndarray:
-    """An audio file (wav, flac, ogg, ...) as float32 mono at 16 kHz, whatever rate, channels
-    or sample format it holds. A file holding NaN or infinite samples is refused, by name."""
+    """An audio file (wav, flac, ogg, mp3, ...) or the first audio stream of a container (mp4, m4a,
+    avi, webm, mkv, ...) as float32 mono at 16 kHz, whatever rate, channels or sample format it
+    holds: the channels' mean, resampled by soxr. A file holding NaN or infinite samples, a
+    container without an audio stream and one whose audio fails to decode are refused, by name."""
     try:
         samples, rate = sf.read(path, dtype="float32", always_2d=True)  # (L, channels)
-    except (sf.LibsndfileError, OSError, RuntimeError) as err:
+    except sf.LibsndfileError as err:
+        if not os.path.isfile(path):  # libsndfile says the same of a missing file
+            raise CorpusError(f"cannot read {path}: {err}") from None
+        samples, rate = read_container(path)
+    except (OSError, RuntimeError) as err:
         raise CorpusError(f"cannot read {path}: {err}") from None
     if not np.isfinite(samples).all():
         raise CorpusError(f"{path} holds NaN or infinite samples: a broken file, replace or remove it")
@@ -37,6 +57,31 @@ def load_audio(path) -> np.ndarray:
     if rate != SAMPLE_RATE:
         samples = soxr.resample(samples, rate, SAMPLE_RATE)
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def read_container(path):
+    """(samples (L, channels) float32, rate) of the first audio stream of a file FFmpeg reads, at the
+    stream's own rate and channels, as soundfile gives them: PyAV's AudioResampler only converts the
+    sample format to float (its own downmix would weigh the channels otherwise than the mean)."""
+    import av  # here: only files soundfile cannot read need it
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, ValueError) as err:
+        raise CorpusError(f"cannot read {path}: neither soundfile nor FFmpeg reads it "
+                          f"({getattr(err, 'strerror', None) or err})") from None
+    with container:
+        if not container.streams.audio:
+            raise CorpusError(f"{path} holds no audio stream (a video without sound?): replace or remove it")
+        to_float = av.AudioResampler(format="fltp")  # rate and channels kept
+        try:
+            frames = [f for frame in container.decode(container.streams.audio[0]) for f in to_float.resample(frame)]
+            frames += to_float.resample(None)
+        except (av.FFmpegError, ValueError) as err:
+            raise CorpusError(f"cannot decode the audio of {path}: {getattr(err, 'strerror', None) or err}") from None
+    if not frames:
+        raise CorpusError(f"{path}: its audio stream holds no samples: replace or remove it")
+    return np.concatenate([f.to_ndarray() for f in frames], axis=1).T, frames[0].sample_rate
 
 
 def peak_normalise(x) -> np.ndarray:

@@ -7,12 +7,14 @@ A test is worth its time only if it can fail. To check a new one: plant the bug 
 the code (the sign of a difference flipped, lambda and 1 - lambda swapped, the padding let into a
 mean, one member of an ensemble instead of all), run the test and watch it fail, then remove the
 bug and watch it pass. A test that passes on the planted bug is rewritten until it fails on it."""
+import fractions
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from iemocap import CLASSES, Utterance, read_iemocap
@@ -83,3 +85,38 @@ def small_corpus(tmp_path_factory):
 
 def one_utterance(wav, uid="Ses01F_impro01_F000"):
     return Utterance(uid, 1, "Ses01F", "neu", 0.0, 1.0, str(wav), "Ses01F_impro01", True)
+
+
+def write_av(path, x, rate, codec=None, bit_rate=None, video=None):
+    """A container written with PyAV, its format from the extension: x (samples, channels) float in
+    [-1, 1] as its first audio stream, encoded by `codec` ("aac", "libopus", "pcm_s16le"; None: no
+    audio stream), and a 32x32 video stream of encoder `video` ("mpeg4", "libvpx") as long, if given."""
+    import av  # here: only these tests write containers
+
+    n, channels = x.shape
+    layout = {1: "mono", 2: "stereo"}[channels]
+    with av.open(str(path), "w") as out:
+        if video:
+            pictures = out.add_stream(video, rate=25)
+            pictures.width, pictures.height, pictures.pix_fmt = 32, 32, "yuv420p"
+        if codec:
+            sound = out.add_stream(codec, rate=rate)
+            sound.layout = layout
+            if bit_rate:
+                sound.bit_rate = bit_rate
+            fmt = sound.format  # the encoder's: fltp (aac), flt (libopus), s16 (pcm_s16le)
+            a = x.T if fmt.is_planar else x.reshape(1, -1)  # planar (channels, n); packed (1, n * channels)
+            a = np.round(a * 32767).astype(np.int16) if fmt.packed.name == "s16" else a.astype(np.float32)
+            for i in range(0, n, 1024):
+                part = a[:, i:i + 1024] if fmt.is_planar else a[:, i * channels:(i + 1024) * channels]
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(part), format=fmt.name, layout=layout)
+                frame.sample_rate, frame.pts, frame.time_base = rate, i, fractions.Fraction(1, rate)
+                out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+        if video:
+            for k in range(max(1, 25 * n // rate)):
+                picture = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+                picture.pts = k
+                out.mux(pictures.encode(picture))
+            out.mux(pictures.encode(None))
+    return path

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 import audio
-from audio import load_audio, peak_normalise
-from conftest import one_utterance
+from audio import header_seconds, load_audio, peak_normalise
+from conftest import one_utterance, write_av
 from settings import CorpusError
 
 
@@ -46,3 +47,65 @@ def test_an_all_silent_utterance_is_named_in_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="Ses01F_impro01_F000 .*quiet.wav.* is silent"):
         cache = audio.decode([one_utterance(tmp_path / "quiet.wav")])
     assert not cache["Ses01F_impro01_F000"].any()
+
+
+def chirps(rate, seconds=1.0):
+    """Stereo: a different chirp in each channel (200 -> 2000 Hz left at 0.5, 3000 -> 600 Hz right at 0.25),
+    so that a channel left out, the channels summed or weighed otherwise than their mean all show."""
+    t = np.arange(int(rate * seconds)) / rate
+    return np.stack([0.5 * np.sin(2 * np.pi * (200 * t + 900 * t ** 2)),
+                     0.25 * np.sin(2 * np.pi * (3000 * t - 1200 * t ** 2))], axis=1).astype(np.float32)
+
+
+CONTAINERS = {"mp4": ("aac", 128_000, "mpeg4"), "webm": ("libopus", 96_000, "libvpx"), "avi": ("pcm_s16le", None, "mpeg4")}
+
+
+@pytest.fixture(scope="module")
+def containers(tmp_path_factory):
+    """1 s of 48 kHz stereo chirps with a video stream: AAC in mp4, Opus in webm, 16-bit PCM in avi;
+    and the avi's 16-bit samples as a wav, which soundfile reads."""
+    folder = tmp_path_factory.mktemp("containers")
+    for ext, (codec, bit_rate, video) in CONTAINERS.items():
+        write_av(folder / f"a.{ext}", chirps(48_000), 48_000, codec, bit_rate, video)
+    sf.write(folder / "a.wav", np.round(chirps(48_000) * 32767).astype(np.int16), 48_000)  # as write_av quantises
+    return folder
+
+
+def test_pcm_in_an_avi_reads_exactly_as_the_same_samples_in_a_wav(containers):
+    assert np.array_equal(load_audio(containers / "a.avi"), load_audio(containers / "a.wav"))
+
+
+@pytest.mark.parametrize("ext, extra", [("mp4", 1024 // 3 + 1), ("webm", 0)])  # AAC: up to a 1024-sample frame more
+def test_lossy_audio_in_a_container_decodes_to_the_mean_of_its_channels_at_16k(containers, ext, extra):
+    y = load_audio(containers / f"a.{ext}")
+    written = soxr.resample(chirps(48_000).mean(axis=1), 48_000, 16_000)
+    assert y.dtype == np.float32 and 0 <= len(y) - 16_000 <= extra
+    middle = slice(800, 16_000 - 800)  # 50 ms off each end: the codec's onset and tail
+    assert np.corrcoef(y[middle], written[middle])[0, 1] > 0.98
+    assert 0.85 < np.sqrt(np.mean(y[middle] ** 2) / np.mean(written[middle] ** 2)) < 1.15
+
+
+@pytest.mark.parametrize("ext, seconds", [("mp4", 1.0), ("webm", 1.0), ("avi", 1.0)])
+def test_a_containers_length_comes_from_its_header(containers, ext, seconds):
+    assert header_seconds(containers / f"a.{ext}") == pytest.approx(seconds, abs=0.03)
+
+
+def test_a_video_without_an_audio_stream_is_refused_by_name(tmp_path):
+    write_av(tmp_path / "silent.mp4", chirps(16_000), 16_000, video="mpeg4")
+    with pytest.raises(CorpusError, match="silent.mp4 holds no audio stream"):
+        load_audio(tmp_path / "silent.mp4")
+
+
+def test_a_file_neither_soundfile_nor_ffmpeg_reads_is_refused_by_name(tmp_path):
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(CorpusError, match="cannot read .*notes.mp4: neither soundfile nor FFmpeg reads it"):
+        load_audio(tmp_path / "notes.mp4")
+
+
+def test_an_audio_stream_that_fails_to_decode_is_refused_by_name(containers, tmp_path):
+    data = bytearray((containers / "a.mp4").read_bytes())
+    middle = len(data) // 3
+    data[middle:middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    (tmp_path / "broken.mp4").write_bytes(bytes(data))
+    with pytest.raises(CorpusError, match="cannot decode the audio of .*broken.mp4"):
+        load_audio(tmp_path / "broken.mp4")
