@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
@@ -50,8 +49,9 @@ from model import model_from_spec
 from settings import MIN_SAMPLES, RUN_ONLY, Config, CorpusError, Parser, UserError, flag, guarded, known
 from util import atomic_write, default_precision, device_name, pyplot, write_json
 
-# What a folder argument is searched for. libsndfile reads MP3 from version 1.1 on.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg") + ((".mp3",) if "MP3" in sf.available_formats() else ())
+# What a folder argument is searched for: what soundfile reads, and containers whose first audio
+# stream FFmpeg reads (audio.load_audio).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm", ".avi")
 LIST_EXTENSION = ".txt"  # a file argument with this extension lists paths, one a line
 BENCH_CHUNK = 50  # --bench alternates batched and one-at-a-time over chunks of this many files
 POOL = 4  # decoded windows are sorted by length in pools of this many batches (dynamic padding pads less)
@@ -61,8 +61,8 @@ def parser():
     p = Parser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", metavar="AUDIO",
-                   help="audio files (any rate, channels and format soundfile reads), folders (searched "
-                        f"recursively for {', '.join(AUDIO_EXTENSIONS)}) or {LIST_EXTENSION} files listing one path "
+                   help="audio files (any rate and channels: wav, flac, mp3, ..., or the audio of a video: mp4, "
+                        f"avi, webm, ...), folders (searched recursively for {', '.join(AUDIO_EXTENSIONS)}) or {LIST_EXTENSION} files listing one path "
                         "a line (# comments; relative paths from the list's folder)")
     src = p.add_argument_group("model")
     which = src.add_mutually_exclusive_group()
@@ -466,7 +466,8 @@ def model_card(members, setup, spec, run, folder, dtype):
               "```", "",
               "## What it computes", "",
               f"- Classes, in the order of the output columns: {', '.join(setup.classes)}.",
-              f"- Input: any audio file soundfile reads, made mono and resampled to {rate} Hz, cut to windows of "
+              f"- Input: any audio file, or the first audio stream of a video (mp4, avi, webm, ...), made mono and "
+              f"resampled to {rate} Hz, cut to windows of "
               f"{window} samples ({window / rate:.2f} s, the crop the models trained on) every {window // 2} samples. "
               f"Each window is divided by its own peak and {padding}, as in training. A file's probabilities are "
               "the unweighted mean of its windows'.",

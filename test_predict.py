@@ -13,7 +13,7 @@ import torch
 import corpus
 import iemocap
 import predict
-from conftest import TINY, cli
+from conftest import TINY, cli, write_av
 
 
 def json_rows(text):
@@ -84,6 +84,13 @@ def test_a_folder_gives_its_audio_files_recursively_in_sorted_order(tmp_path):
     assert predict.expand([str(tmp_path)]) == [str(tmp_path / n) for n in ("a/c.WAV", "a/z.flac", "b.wav")]
 
 
+def test_a_folder_gives_the_audio_of_videos_and_compressed_files_too(tmp_path):
+    names = ["a.mp4", "b.M4A", "c.webm", "d.mkv", "e.avi", "f.mov", "g.mp3", "h.opus", "i.aac", "j.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert predict.expand([str(tmp_path)]) == [str(tmp_path / n) for n in names[:-1]]
+
+
 @pytest.mark.parametrize("padding", ["fixed", "dynamic"])
 def test_a_window_gets_the_same_probabilities_alone_and_in_a_sorted_batch(run, test_wavs, padding):
     members, setup = predict.load_run(run)
@@ -125,6 +132,23 @@ def test_an_unreadable_file_gets_an_error_row_and_the_others_are_predicted(mixed
     assert broken["emotion"] is None and all(broken[f"p_{c}"] is None for c in classes)
     assert f"warning: cannot read {inputs / 'broken.wav'}" in mixed.stderr
     assert "3 files (1 unreadable)" in mixed.stderr and "audio-s/s" in mixed.stderr.splitlines()[-1]
+
+
+def test_an_mp4_is_predicted_as_its_wav_and_a_video_without_audio_gets_an_error_row(run, inputs, mixed, classes,
+                                                                                     tmp_path, capsys):
+    x, rate = sf.read(inputs / "a.wav", dtype="float32", always_2d=True)
+    write_av(tmp_path / "a.mp4", x, rate, "aac", 64_000, video="mpeg4")
+    write_av(tmp_path / "silent.mp4", x, rate, video="mpeg4")
+    code = predict.main(["--run", str(run), "--workers", "0", "--json", str(tmp_path / "a.mp4"), str(tmp_path / "silent.mp4")])
+    assert code == 0
+    out, err = capsys.readouterr()
+    mp4, silent = json_rows(out)
+    wav = json_rows(mixed.stdout)[0]
+    assert mp4["emotion"] == wav["emotion"] and not mp4["error"]
+    assert 0 <= mp4["seconds"] - wav["seconds"] <= 1024 / 16_000  # AAC ends on a whole frame
+    assert np.abs(probs(mp4, classes) - probs(wav, classes)).max() < 0.05
+    assert silent["emotion"] is None and f"{tmp_path / 'silent.mp4'} holds no audio stream" in silent["error"]
+    assert "1 files (1 unreadable)" in err
 
 
 def test_csv_has_a_column_per_class_of_the_run_and_an_empty_or_filled_error_column(run, inputs, classes, capsys):
