@@ -5,10 +5,12 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 import corpus as corpora
-from conftest import cli, one_line_error
+from conftest import TINY, cli, one_line_error, write_av
 from corpus import from_iemocap, read_split, write_split
 from iemocap import CLASSES, read_iemocap
 from settings import CorpusError
@@ -146,6 +148,37 @@ def test_a_class_absent_from_a_folds_training_data_is_refused(small_corpus, tmp_
     train = copy / "fold_2" / "replica_train_fold_2.jsonl"
     train.write_text("".join(line + "\n" for line in train.read_text().splitlines() if '"emo": "sad"' not in line))
     one_line_error(demo_on(copy, tmp_path, "--audio-root", small_corpus), "fold 2 has no sad utterance to train on")
+
+
+def test_an_emobox_manifest_of_mp4_files_trains_a_demo_fold(small_corpus, tmp_path):
+    """The replica's fold 1 (sessions 2-3 to train, 1 to test: 48 utterances) as MELD keeps its audio:
+    AAC in an .mp4 beside a video stream."""
+    folder = tmp_path / "mp4s"
+    (folder / "fold_1").mkdir(parents=True)
+    shutil.copy(emobox(small_corpus) / "label_map.json", folder)
+    for part in ("train", "test"):
+        rows = [json.loads(line) for line in (emobox(small_corpus) / "fold_1" / f"replica_{part}_fold_1.jsonl").open()]
+        rows = [row for row in rows if row["key"][4] in "123"]
+        for row in rows:
+            x, rate = sf.read(small_corpus / row["wav"], dtype="float32", always_2d=True)
+            row["wav"] = row["wav"].replace(".wav", ".mp4")
+            (tmp_path / "audio" / row["wav"]).parent.mkdir(parents=True, exist_ok=True)
+            write_av(tmp_path / "audio" / row["wav"], x, rate, "aac", 64_000, video="mpeg4")
+        (folder / "fold_1" / f"mp4s_{part}_fold_1.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    done = cli("reproduce.py", *TINY, "--manifest", folder, "--audio-root", tmp_path / "audio", "--fold", "1",
+               "--out", tmp_path / "run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run/fold1/seed0/metrics.json").read_text())["n_test"] == 16
+
+
+def test_a_video_without_audio_in_a_manifest_is_one_line_and_nothing_is_written(small_corpus, tmp_path):
+    copy = Path(shutil.copytree(emobox(small_corpus), tmp_path / "replica"))
+    silent = write_av(tmp_path / "silent.mp4", np.zeros((16_000, 1)), 16_000, video="mpeg4")
+    first = json.loads((copy / "fold_1" / "replica_test_fold_1.jsonl").read_text().splitlines()[0])["wav"]
+    for jsonl in copy.glob("fold_*/*.jsonl"):  # the utterance's every line
+        jsonl.write_text(jsonl.read_text().replace(json.dumps(first), json.dumps(str(silent))))
+    one_line_error(demo_on(copy, tmp_path, "--audio-root", small_corpus), f"{silent} holds no audio stream")
+    assert not (tmp_path / "run").exists()
 
 
 def test_folds_are_disjoint_and_cover_every_utterance(utterances):
