@@ -265,6 +265,10 @@ def from_emobox(folder, audio_root):
             for row in _jsonl(found[0]):
                 if not {"key", "wav", "emo"} <= set(row):
                     raise CorpusError(f"{found[0]}: a line without key, wav and emo ({', '.join(row)})")
+                if float(row.get("start_time") or 0) > 0:  # PAVOQUE's: a part of a recording hours long
+                    raise CorpusError(f"{found[0]}: {row['key']} is the part {row['start_time']}-{row.get('end_time')} s "
+                                      f"of {row['wav']}; utterances cut from a longer recording are not supported: "
+                                      "cut them into files of their own and list those")
                 label = _map_label(row["emo"], label_map, found[0])
                 utterances.setdefault(row["key"], Utterance(
                     id=row["key"], session=0, speaker=str(row.get("speaker", "")), label=label, start=0.0,

@@ -137,6 +137,16 @@ def test_a_label_outside_the_label_map_is_refused(small_corpus, tmp_path):
     one_line_error(demo_on(copy, tmp_path, "--audio-root", small_corpus), "label 'exc' is not in label_map.json")
 
 
+def test_an_utterance_cut_from_a_longer_recording_is_refused_by_name(small_corpus, tmp_path):
+    copy = Path(shutil.copytree(emobox(small_corpus), tmp_path / "replica"))
+    train = copy / "fold_2" / "replica_train_fold_2.jsonl"
+    rows = [json.loads(line) for line in train.open()]
+    rows[3].update(start_time=12.5, end_time=15.0)  # as PAVOQUE's lines give them
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(CorpusError, match=f"{rows[3]['key']} is the part 12.5-15.0 s of .* not supported"):
+        corpora.from_manifest(copy, small_corpus)
+
+
 def test_a_fold_with_an_empty_test_list_is_refused(small_corpus, tmp_path):
     copy = Path(shutil.copytree(emobox(small_corpus), tmp_path / "replica"))
     (copy / "fold_3" / "replica_test_fold_3.jsonl").write_text("")
