@@ -141,7 +141,7 @@ def run(args):
     if rt.rank == 0:
         print(f"ablation folder {out}  |  Sec. {protocol} protocol  |  {len(grid)} cells x folds {', '.join(folds)} x "
               f"{len(seeds)} seeds = {len(jobs)} jobs  |  reference: {cell_name(grid[ref])}", flush=True)
-    claims, trained = runs.Claims(out, mine, base.resume, name), 0
+    claims, trained = runs.Claims(out, mine, base.resume, base.lease_minutes, name), 0
     for c, job in claims:
         if rt.rank == 0:
             print(f"--- {name((c, job))}", flush=True)

@@ -70,7 +70,7 @@ def reproduce(given):
         print(f"run folder {out}  |  {corpus.name}: {len(corpus.utterances)} utterances, {len(corpus.classes)} classes  |  "
               f"{len(mine)} jobs  |  device {rt.device}, {rt.precision}" + (f", {rt.size} processes" if rt.size > 1 else ""),
               flush=True)
-    claims = runs.Claims(out, mine, cfg.resume)
+    claims = runs.Claims(out, mine, cfg.resume, cfg.lease_minutes)
     for job in claims:
         if rt.rank == 0:
             print(f"--- {job.name}", flush=True)

@@ -81,6 +81,8 @@ class Config:
     precision: str = arg("auto", "autocast dtype; auto: bf16 on a GPU that has it, else fp32", choices=["auto", "bf16", "fp16", "fp32"])
     workers: int = arg(4, "DataLoader worker processes (0: load in the main process)")
     resume: bool = arg(False, "continue interrupted jobs in --out from their last finished epoch")
+    lease_minutes: float = arg(10.0, "a job's lock not renewed for this long is dead, whichever host holds it: --resume "
+                               "takes it over (a claim renews its lock every tenth of this; docs/runs.md)")
     no_save: bool = arg(False, "do not keep the best weights (best.safetensors) of each job")
     shuffle_labels: bool = arg(False, "negative control: permute the labels of the training and validation utterances (test scores must stay at chance)")
     demo_corpus: str = arg("", "where --demo writes its synthetic corpus once (default: ~/.cache/ser-lam-mixup/)")
@@ -94,7 +96,7 @@ DEMO = dict(backbone="tiny", layers=3, max_len=32_000, lr=5e-4, lr_center=5e-3, 
 # differ in them. Those of THIS_PROCESS are never taken from a run folder's config.json, so that
 # `--resume --out DIR` alone continues the run's own jobs (its folds, seeds and --grad-accum) on this machine.
 THIS_PROCESS = {"out", "device", "workers", "resume", "no_save"}
-RUN_ONLY = THIS_PROCESS | {"fold", "seed", "seeds", "grad_accum"}
+RUN_ONLY = THIS_PROCESS | {"fold", "seed", "seeds", "grad_accum", "lease_minutes"}
 RENAMED = {"hubert": "backbone"}  # the field's name in config.json files written before it was renamed
 
 
@@ -179,6 +181,9 @@ RANGES = [
     ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("seeds", lambda v: v >= 1, ">= 1"),
     ("workers", lambda v: v >= 0, ">= 0"),
+    # a process with one job may wait up to a lease for a lock (runs.claim) while the other processes of its
+    # torchrun wait for it within the process group's one-hour timeout (util.start_runtime)
+    ("lease_minutes", lambda v: 0 < v <= 30, "in (0, 30]"),
     ("demo_speaker_utterances", lambda v: v >= 1, ">= 1"),
     ("num_folds", lambda v: v == 0 or v >= 2, "0 or >= 2"),
 ]

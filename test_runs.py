@@ -7,6 +7,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -114,6 +116,125 @@ def test_a_job_held_by_a_live_process_or_another_host_is_not_taken(single_run, s
     assert f"fold3/seed0: held by gpu-node-17, pid 4242, since yesterday; if that process is gone, delete {foreign}" in done.stderr
     assert live.exists() and foreign.exists()
     assert not (copy / "fold1/seed0/metrics.json").exists()
+
+
+def backdate(path, seconds):
+    """Set a file's modification time `seconds` in the past, as if its last renewal were that old."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_lock_of_another_host_not_renewed_for_an_hour_is_taken_over_by_its_list_jobs_line(single_run, tmp_path):
+    copy = shutil.copytree(single_run, tmp_path / "requeued")
+    job = copy / "fold3/seed0"
+    (job / "metrics.json").unlink()
+    (job / "lock").write_text(json.dumps(dict(host="gpu-node-17", pid=4242, since="yesterday")))  # killed there
+    backdate(job / "lock", 3600)
+    done = cli("reproduce.py", "--out", copy, "--job", "fold3/seed0", "--resume")  # the job's --list-jobs line, here
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("--- ") == 1 and "--- fold3/seed0" in done.stdout
+    assert numbers(copy, "fold3/seed0") == numbers(single_run, "fold3/seed0")
+    assert not [p.name for p in job.iterdir() if p.name.startswith(("lock", ".now"))]  # no lock, no mark left
+
+
+def test_a_lock_renewed_seconds_ago_is_respected_whoever_holds_it_and_a_single_job_waits_for_it(tmp_path):
+    job = tmp_path / "fold3/seed0"
+    job.mkdir(parents=True)
+    lock = job / "lock"
+    foreign = json.dumps(dict(host="gpu-node-17", pid=4242, since="yesterday"))
+    for content, holder in [(foreign, "gpu-node-17, pid 4242, since yesterday"),
+                            (foreign[:20], "an unknown process, its lock file damaged")]:  # cut in half: not JSON
+        lock.write_text(content)
+        backdate(lock, 5)
+        held, (kind, why) = runs.claim(job, resume=True)
+        assert (held, kind) == (None, "held") and why.startswith(f"held by {holder}; if that process is gone"), why
+        assert "it was renewed 5 s ago" in why and lock.read_text() == content
+        backdate(lock, 3600)  # the same lock, dead: its age decides, whoever wrote it
+        held, (kind, why) = runs.claim(job, resume=False)
+        assert (held, kind) == (None, "interrupted") and f"(held by {holder}) was last renewed 60 min ago" in why, why
+        held, why = runs.claim(job, resume=True)
+        assert why is None and json.loads(lock.read_text())["pid"] == os.getpid()
+        held.release()
+        assert not list(job.iterdir())
+
+    # one job asked for with --resume (a --list-jobs line) waits: a live holder renews its lock, a dead one lets it lapse
+    lock.write_text(foreign)
+    renewing = threading.Event()
+
+    def renew():  # as the claim of a live process on another host does
+        while not renewing.wait(0.1):
+            os.utime(lock)
+
+    holder = threading.Thread(target=renew)
+    holder.start()
+    start = time.monotonic()
+    held, (kind, why) = runs.claim(job, resume=True, lease=3, wait=True)
+    renewing.set()
+    holder.join()
+    assert (held, kind) == (None, "held") and time.monotonic() - start < 1.5, why
+    backdate(lock, 1)
+    start = time.monotonic()
+    held, why = runs.claim(job, resume=True, lease=3, wait=True)
+    assert why is None and 1.9 <= time.monotonic() - start < 3.5  # taken over once 3 s unrenewed
+    held.release()
+
+
+# Two processes that found one dead lock: each waits at the gate until both have judged it dead, then takes it over.
+RACER = """
+import os, sys, time
+from pathlib import Path
+import reproduce, runs
+gate, take_over = Path(sys.argv[1]), runs._take_over
+def at_the_gate(*a):
+    (gate / str(os.getpid())).touch()
+    for _ in range(1200):
+        if len(list(gate.iterdir())) == 2:
+            break
+        time.sleep(0.05)
+    return take_over(*a)
+runs._take_over = at_the_gate
+sys.exit(reproduce.main(sys.argv[2:]))
+"""
+
+
+def test_of_two_processes_racing_for_one_dead_lock_exactly_one_trains_the_job(single_run, tmp_path):
+    copy = shutil.copytree(single_run, tmp_path / "race")
+    job = copy / "fold2/seed0"
+    (job / "metrics.json").unlink()
+    (job / "lock").write_text(json.dumps(dict(host="gpu-node-17", pid=4242, since="yesterday")))
+    backdate(job / "lock", 3600)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    argv = [sys.executable, "-c", RACER, str(gate), "--out", str(copy), "--job", "fold2/seed0", "--resume"]
+    procs = [subprocess.Popen(argv, cwd=HERE, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outputs]
+    assert len(list(gate.iterdir())) == 2  # both found the lock dead
+    assert sorted(out.count("--- fold2/seed0") for out, _ in outputs) == [0, 1]
+    assert sum("fold2/seed0: taken over by another process meanwhile" in err for _, err in outputs) == 1
+    assert numbers(copy, "fold2/seed0") == numbers(single_run, "fold2/seed0")
+    assert not [p.name for p in job.iterdir() if p.name.startswith(("lock", ".now"))]
+
+
+def test_a_claim_renews_its_lock_through_a_step_longer_than_the_lease(small_corpus, tmp_path, monkeypatch):
+    import reproduce
+    import train
+    seen = []
+
+    def slow(cfg, corpus, audio, job, folder, rt):  # one step of 1.5 s, the lease 0.6 s (--lease-minutes 0.01)
+        time.sleep(1.5)
+        seen.append((runs._now(folder) - os.stat(folder / "lock").st_mtime,
+                     [t.daemon for t in threading.enumerate() if t.name.startswith("renews")]))
+
+    monkeypatch.setattr(train, "run_job", slow)
+    out = tmp_path / "run"
+    assert reproduce.main([*TINY, "--demo-corpus", str(small_corpus), "--fold", "1", "--lease-minutes", "0.01",
+                           "--out", str(out)]) == 0
+    (age, renewers), = seen
+    assert age < 0.6 and renewers == [True]  # renewed meanwhile, by a thread that cannot keep the process alive
+    assert not (out / "fold1/seed0/lock").exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("renews")]  # stopped with the release
 
 
 def test_torchrun_two_processes_give_the_single_process_losses_and_scores(small_corpus, tmp_path):
