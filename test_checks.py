@@ -28,6 +28,7 @@ def two_layer_hubert(tmp_path_factory):
     (["--batch-size", "0"], ["--batch-size 0", ">= 1"]),
     (["--max-len", "100"], ["--max-len 100", ">= 400"]),
     (["--lr", "-1"], ["--lr -1", "> 0"]),
+    (["--lease-minutes", "0"], ["--lease-minutes 0", "in (0, 30]"]),
     (["--batch-size", "2", "--grad-accum", "4"], ["--batch-size 2", "--grad-accum"]),
     (["--layers", "3", "--hubert", "HUBERT2"], ["--layers 3", "1..2"]),
     (["--out", "FILE"], ["--out", "is a file"]),
