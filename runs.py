@@ -266,7 +266,9 @@ def _look(lock):
 
 
 def _ago(seconds):
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
 
 
 class Claim:
@@ -344,8 +346,8 @@ def _claim(job_dir, lock, tmp, fd, resume, lease, wait):
         st, holder, free = seen
         now = _now(job_dir)
         age, same = max(0.0, now - st.st_mtime), holder.get("host") == HOST
-        where = (f"{holder['host']}, pid {holder.get('pid', '?')}, since {holder.get('since', '?')}" if holder.get("host")
-                 else "an unknown process, its lock file damaged")
+        where = (f"{holder['host']}, pid {holder.get('pid', '?')}, since {holder.get('since', '?')}"
+                 if holder.get("host") else "an unknown process, its lock file damaged")
         if age <= lease and same and not free:
             return "held", f"being trained ({where}, renewed {_ago(age)} ago)"
         if age <= lease and not same:
@@ -358,15 +360,17 @@ def _claim(job_dir, lock, tmp, fd, resume, lease, wait):
                 time.sleep(min(lease / RENEWALS, lease - age) + 0.01)
                 continue
             return "held", (f"held by {where}; if that process is gone, delete {lock} and rerun with --resume, or "
-                            f"rerun with --resume once it has gone {_ago(lease)} unrenewed (it was renewed {_ago(age)} ago)")
+                            f"rerun with --resume once it has gone {_ago(lease)} unrenewed (it was renewed "
+                            f"{_ago(age)} ago)")
         if not resume:
             if age <= lease:  # this host's, and no process holds it
                 pid = holder.get("pid")
                 alive = "pid reused" if isinstance(pid, int) and pid > 0 and _pid_alive(pid) else "gone"
                 return "interrupted", (f"interrupted, its process ({where}) is {alive}: "
                                        "--resume continues it from its last finished epoch")
-            return "interrupted", (f"interrupted, its lock (held by {where}) was last renewed {_ago(age)} ago, more than the "
-                                   f"lease of {_ago(lease)}: --resume continues it from its last finished epoch")
+            return "interrupted", (f"interrupted, its lock (held by {where}) was last renewed {_ago(age)} ago, more "
+                                   f"than the lease of {_ago(lease)}: --resume continues it from its last finished "
+                                   "epoch")
         if _take_over(lock, st, tmp, now, lease):
             return None
         return "held", "taken over by another process meanwhile"

@@ -81,8 +81,8 @@ class Config:
     precision: str = arg("auto", "autocast dtype; auto: bf16 on a GPU that has it, else fp32", choices=["auto", "bf16", "fp16", "fp32"])
     workers: int = arg(4, "DataLoader worker processes (0: load in the main process)")
     resume: bool = arg(False, "continue interrupted jobs in --out from their last finished epoch")
-    lease_minutes: float = arg(10.0, "a job's lock not renewed for this long is dead, whichever host holds it: --resume "
-                               "takes it over (a claim renews its lock every tenth of this; docs/runs.md)")
+    lease_minutes: float = arg(10.0, "a job's lock not renewed for this long is dead, whichever host holds it: "
+                               "--resume takes it over (a claim renews its lock every tenth of this; docs/runs.md)")
     no_save: bool = arg(False, "do not keep the best weights (best.safetensors) of each job")
     shuffle_labels: bool = arg(False, "negative control: permute the labels of the training and validation utterances (test scores must stay at chance)")
     demo_corpus: str = arg("", "where --demo writes its synthetic corpus once (default: ~/.cache/ser-lam-mixup/)")

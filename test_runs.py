@@ -147,17 +147,19 @@ def test_a_lock_renewed_seconds_ago_is_respected_whoever_holds_it_and_a_single_j
         lock.write_text(content)
         backdate(lock, 5)
         held, why = runs.claim(job, resume=True)
-        assert held is None and why[0] == "held" and why[1].startswith(f"held by {holder}; if that process is gone"), why
+        assert held is None and why[0] == "held", why
+        assert why[1].startswith(f"held by {holder}; if that process is gone"), why
         assert "it was renewed 5 s ago" in why[1] and lock.read_text() == content
         backdate(lock, 3600)  # the same lock, dead: its age decides, whoever wrote it
         held, why = runs.claim(job, resume=False)
-        assert held is None and why[0] == "interrupted" and f"(held by {holder}) was last renewed 60 min ago" in why[1], why
+        assert held is None and why[0] == "interrupted", why
+        assert f"(held by {holder}) was last renewed 60 min ago" in why[1], why
         held, why = runs.claim(job, resume=True)
         assert why is None and json.loads(lock.read_text())["pid"] == os.getpid()
         held.release()
         assert not list(job.iterdir())
 
-    # one job asked for with --resume (a --list-jobs line) waits: a live holder renews its lock, a dead one lets it lapse
+    # one job asked for with --resume (a --list-jobs line) waits: a live holder renews its lock, a dead one lapses
     lock.write_text(foreign)
     renewing = threading.Event()
 
