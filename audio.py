@@ -38,19 +38,31 @@ def header_seconds(path) -> float:
         return 0.0
 
 
-def load_audio(path) -> np.ndarray:
+def load_audio(path, part=None) -> np.ndarray:
     """An audio file (wav, flac, ogg, mp3, ...) or the first audio stream of a container (mp4, m4a,
     avi, webm, mkv, ...) as float32 mono at 16 kHz, whatever rate, channels or sample format it
-    holds: the channels' mean, resampled by soxr. A file holding NaN or infinite samples, a
-    container without an audio stream and one whose audio fails to decode are refused, by name."""
+    holds: the channels' mean, resampled by soxr. part: (start, end) in seconds, the utterance
+    where one recording holds many (EmoBox's PAVOQUE); only that part is read. A file holding NaN
+    or infinite samples, a container without an audio stream and one whose audio fails to decode
+    are refused, by name."""
     try:
-        samples, rate = sf.read(path, dtype="float32", always_2d=True)  # (L, channels)
+        with sf.SoundFile(path) as f:  # (L, channels)
+            rate, frames = f.samplerate, -1
+            if part is not None:  # seek, not decode the recording up to it
+                first, last = (min(round(t * rate), f.frames) for t in part)
+                f.seek(first)
+                frames = last - first
+            samples = f.read(frames, dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:
         if not os.path.isfile(path):  # libsndfile says the same of a missing file
             raise CorpusError(f"cannot read {path}: {err}") from None
         samples, rate = read_container(path)
+        if part is not None:
+            samples = samples[round(part[0] * rate):round(part[1] * rate)]
     except (OSError, RuntimeError) as err:
         raise CorpusError(f"cannot read {path}: {err}") from None
+    if part is not None and not len(samples):
+        raise CorpusError(f"{path} holds no audio at {part[0]}-{part[1]} s, the part a manifest names")
     if not np.isfinite(samples).all():
         raise CorpusError(f"{path} holds NaN or infinite samples: a broken file, replace or remove it")
     samples = samples.mean(axis=1)
@@ -114,7 +126,7 @@ def decode(utterances, cache=None) -> dict:
     cache = {} if cache is None else cache
     todo = [u for u in utterances if u.id not in cache]
     for u in tqdm(todo, desc="decoding audio", leave=False, disable=True if len(todo) < 500 else None):
-        x = load_audio(u.wav)
+        x = load_audio(u.wav, u.part)
         if not np.abs(x).max(initial=0.0) > 0:
             warnings.warn(f"{u.id} ({u.wav}) is silent: every sample is 0")
         cache[u.id] = np.round(peak_normalise(x) * 32767).astype(np.int16)

@@ -265,14 +265,17 @@ def from_emobox(folder, audio_root):
             for row in _jsonl(found[0]):
                 if not {"key", "wav", "emo"} <= set(row):
                     raise CorpusError(f"{found[0]}: a line without key, wav and emo ({', '.join(row)})")
-                if float(row.get("start_time") or 0) > 0:  # PAVOQUE's: a part of a recording hours long
-                    raise CorpusError(f"{found[0]}: {row['key']} is the part {row['start_time']}-{row.get('end_time')} s "
-                                      f"of {row['wav']}; utterances cut from a longer recording are not supported: "
-                                      "cut them into files of their own and list those")
                 label = _map_label(row["emo"], label_map, found[0])
+                span = None
+                if "start_time" in row and "end_time" in row:  # PAVOQUE's: a part of a recording hours long
+                    span = (float(row["start_time"]), float(row["end_time"]))
+                    if not span[1] > span[0] >= 0:
+                        raise CorpusError(f"{found[0]}: {row['key']} is the part {span[0]}-{span[1]} s of {row['wav']}, "
+                                          "which holds nothing")
+                start, end = span or (0.0, float(row.get("length") or 0.0))
                 utterances.setdefault(row["key"], Utterance(
-                    id=row["key"], session=0, speaker=str(row.get("speaker", "")), label=label, start=0.0,
-                    end=float(row.get("length") or 0.0), wav=str(audio_root / row["wav"]), dialog="", improvised=False))
+                    id=row["key"], session=0, speaker=str(row.get("speaker", "")), label=label, start=start, end=end,
+                    wav=str(audio_root / row["wav"]), dialog="", improvised=False, part=span))
                 lists[part].add(row["key"])
         tests[k], trains[k], vals[k] = lists["test"], lists["train"], lists.get("valid", set())
     return Corpus(folder.name, classes, sorted(utterances.values(), key=lambda u: u.id), tests, trains,

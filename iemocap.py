@@ -42,6 +42,8 @@ class Utterance:
     wav: str  # absolute path of the utterance's wav
     dialog: str
     improvised: bool
+    part: tuple | None = None  # (start, end) seconds of `wav` that are the utterance, where one recording holds many
+
 
     @property
     def duration(self) -> float:

@@ -1,6 +1,7 @@
 """corpus.py: EmoBox dataset folders and one's own CSV, with the folds, classes and checks of IEMOCAP."""
 import csv
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -8,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
+import audio
 import corpus as corpora
 from conftest import TINY, cli, one_line_error, write_av
 from corpus import from_iemocap, read_split, write_split
@@ -137,14 +140,34 @@ def test_a_label_outside_the_label_map_is_refused(small_corpus, tmp_path):
     one_line_error(demo_on(copy, tmp_path, "--audio-root", small_corpus), "label 'exc' is not in label_map.json")
 
 
-def test_an_utterance_cut_from_a_longer_recording_is_refused_by_name(small_corpus, tmp_path):
+def test_utterances_that_are_parts_of_one_long_recording_read_as_their_own_files(small_corpus, tmp_path):
     copy = Path(shutil.copytree(emobox(small_corpus), tmp_path / "replica"))
     train = copy / "fold_2" / "replica_train_fold_2.jsonl"
     rows = [json.loads(line) for line in train.open()]
-    rows[3].update(start_time=12.5, end_time=15.0)  # as PAVOQUE's lines give them
-    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    with pytest.raises(CorpusError, match=f"{rows[3]['key']} is the part 12.5-15.0 s of .* not supported"):
-        corpora.from_manifest(copy, small_corpus)
+    # three utterances put end to end in one 44.1 kHz stereo recording, a second of silence before each, listed as
+    # PAVOQUE's lines are: the recording, and each one's start_time and end_time in it
+    own, pieces, start = {}, [], 0.0
+    for row in rows[3:6]:
+        own[row["key"]] = audio.load_audio(small_corpus / row["wav"])
+        x, rate = sf.read(small_corpus / row["wav"], dtype="float32")
+        pieces += [np.zeros(rate, dtype=np.float32), x]
+        start += 1.0
+        row.update(wav=os.path.relpath(tmp_path / "long.wav", small_corpus), start_time=start, end_time=start + len(x) / rate)
+        start += len(x) / rate
+    long = np.concatenate(pieces)
+    sf.write(tmp_path / "long.wav", soxr.resample(np.stack([long, 0.5 * long], 1), 16_000, 44_100), 44_100, subtype="FLOAT")
+    changed = {row["key"]: row for row in rows[3:6]}
+    for lines in copy.rglob("*.jsonl"):  # every fold lists them
+        listed = [json.loads(line) for line in lines.open()]
+        lines.write_text("".join(json.dumps(changed.get(row["key"], row)) + "\n" for row in listed))
+    corpus = corpora.from_manifest(copy, small_corpus)
+    parts = {u.id: u for u in corpus.utterances if u.part}
+    assert sorted(parts) == sorted(own)
+    for key, whole in own.items():
+        cut = audio.load_audio(parts[key].wav, parts[key].part)
+        assert parts[key].duration == pytest.approx(len(whole) / 16_000) and abs(len(cut) - len(whole)) <= 1
+        n = min(len(cut), len(whole)) - 200
+        assert np.corrcoef(cut[200:n], whole[200:n])[0, 1] > 0.99  # the right part, through 44.1 kHz and back
 
 
 def test_a_fold_with_an_empty_test_list_is_refused(small_corpus, tmp_path):

@@ -300,7 +300,7 @@ class UtteranceDataset(Dataset):
 
     def __getitem__(self, i):
         u = self.utterances[i]
-        x = self.cache[u.id].astype(np.float32) / 32767 if self.cache is not None else load_audio(u.wav)
+        x = self.cache[u.id].astype(np.float32) / 32767 if self.cache is not None else load_audio(u.wav, u.part)
         if len(x) < MIN_SAMPLES:
             warnings.warn(f"{u.id} has {len(x)} samples; zero-padded to {MIN_SAMPLES}, HuBERT's receptive field")
         x = prepare(x, self.max_len)
