@@ -308,13 +308,17 @@ def claim(job_dir, resume, lease=600.0, wait=False):
     job_dir = Path(job_dir)
     lock, tmp = job_dir / "lock", job_dir / f"lock.{HOST}-{os.getpid()}.tmp"
     me = json.dumps(dict(host=HOST, pid=os.getpid(), since=time.strftime("%Y-%m-%d %H:%M:%S")))
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    fd = None
     try:
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
         os.write(fd, me.encode())
         fcntl.flock(fd, fcntl.LOCK_EX)
         why = _claim(job_dir, lock, tmp, fd, resume, lease, wait)
-    except BaseException:
-        os.close(fd)
+    except BaseException as e:
+        if fd is not None:
+            os.close(fd)
+        if no_space(e):
+            raise DiskFull(f"cannot write {tmp}: no space left on device") from None
         raise
     finally:
         tmp.unlink(missing_ok=True)

@@ -4,16 +4,20 @@ a user would, and ends in one line that names the file and what to do."""
 import errno
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import types
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import reproduce
+import runs
 import train
 from conftest import TINY, cli, one_line_error
+from settings import DiskFull
 
 
 def numbers(run, job):
@@ -132,6 +136,19 @@ def test_a_full_disk_while_writing_the_state_leaves_the_last_one_and_resume_fini
     assert load_file(job / "best.safetensors")
     assert reproduce.main(["--resume", "--out", str(tmp_path / "run")]) == 0
     assert numbers(tmp_path / "run", "fold1/seed0") == numbers(finished, "fold1/seed0")
+
+
+def test_a_full_disk_while_claiming_a_job_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    job = tmp_path / "fold1/seed0"
+    job.mkdir(parents=True)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "os", types.SimpleNamespace(**{**vars(os), "write": full}))  # the lock's content
+    with pytest.raises(DiskFull, match="cannot write .*lock.*no space left on device"):
+        runs.claim(job, resume=False)
+    assert not list(job.iterdir())
 
 
 @pytest.fixture
