@@ -33,7 +33,7 @@ from audio import decode
 from corpus import fold_key
 from settings import RUN_ONLY, THIS_PROCESS, DamagedFile, DiskFull, UserError, check_out, flag, known
 from util import (HOST, atomic_write, barrier, broadcast, environment, locked, no_space, pyplot, read_json, start_runtime,
-                  world, write_json)
+                  summary_writer, world, write_json)
 
 PAPER = {m: round(v / 100, 4) for m, v in paper.TABLE3.items()}  # Table 3, as fractions like our scores
 # flags whose value is a path: --list-jobs writes them absolute
@@ -192,6 +192,8 @@ def start(configs, out, stamp, corpus, job_dirs):
     check_out(out)
     for sub, cfg in configs.items():
         check_settings(cfg, out / sub, rt)
+    if not base.no_tensorboard:
+        summary_writer()  # tensorboard is installed (or one line says so), before the audio is decoded
     audio = decode(corpus.utterances)
     if rt.rank == 0:
         for sub, cfg in configs.items():
@@ -587,17 +589,21 @@ def plot(summary, done, path):
         top.grid(alpha=0.3)
         bottom.grid(alpha=0.3)
     top.legend(fontsize=7)
-    ax = fig.add_subplot(grid[:, n:])
-    counts = np.array(summary["confusion"])
+    draw_confusion(fig.add_subplot(grid[:, n:]), summary["confusion"], summary["classes"],
+                   f"pooled test confusion ({summary['finished']} jobs)")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def draw_confusion(ax, confusion, classes, title):
+    """A confusion matrix (rows: true, columns: predicted), row-normalised, counts in the cells."""
+    counts = np.array(confusion)
     rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(counts)):
         for j in range(len(counts)):
             ax.text(j, i, f"{counts[i, j]}\n{100 * rates[i, j]:.0f}%", ha="center", va="center", fontsize=8,
                     color="white" if rates[i, j] > 0.5 else "black")
-    classes = summary["classes"]
     ax.set_xticks(range(len(classes)), classes, rotation=45 if max(map(len, classes)) > 4 else 0)
     ax.set_yticks(range(len(classes)), classes)
-    ax.set(xlabel="predicted", ylabel="true", title=f"pooled test confusion ({summary['finished']} jobs)")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    ax.set(xlabel="predicted", ylabel="true", title=title)

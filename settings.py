@@ -84,6 +84,7 @@ class Config:
     lease_minutes: float = arg(10.0, "a job's lock not renewed for this long is dead, whichever host holds it: "
                                "--resume takes it over (a claim renews its lock every tenth of this; docs/runs.md)")
     no_save: bool = arg(False, "do not keep the best weights (best.safetensors) of each job")
+    no_tensorboard: bool = arg(False, "write no TensorBoard event files (foldK/seedS/tb/, docs/runs.md)")
     shuffle_labels: bool = arg(False, "negative control: permute the labels of the training and validation utterances (test scores must stay at chance)")
     demo_corpus: str = arg("", "where --demo writes its synthetic corpus once (default: ~/.cache/ser-lam-mixup/)")
     demo_speaker_utterances: int = arg(40, "--demo: in-class utterances per speaker of the synthetic corpus")
@@ -95,7 +96,7 @@ DEMO = dict(backbone="tiny", layers=3, max_len=32_000, lr=5e-4, lr_center=5e-3, 
 # Fields that say which jobs run, where and how, not what a job computes: the processes sharing a run may
 # differ in them. Those of THIS_PROCESS are never taken from a run folder's config.json, so that
 # `--resume --out DIR` alone continues the run's own jobs (its folds, seeds and --grad-accum) on this machine.
-THIS_PROCESS = {"out", "device", "workers", "resume", "no_save"}
+THIS_PROCESS = {"out", "device", "workers", "resume", "no_save", "no_tensorboard"}
 RUN_ONLY = THIS_PROCESS | {"fold", "seed", "seeds", "grad_accum", "lease_minutes"}
 RENAMED = {"hubert": "backbone"}  # the field's name in config.json files written before it was renamed
 

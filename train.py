@@ -6,7 +6,8 @@ data-parallel under torchrun. Read it top-down, as the paper:
     train_step  one step: mix (Eq. 1), targets (Eq. 2, 3), the joint loss (Eq. 4-6), backward
 
 The machinery they stand on follows below them: the optimisers and what a step needs besides the
-paper (micro-batches, DistributedDataParallel), the data pipeline, evaluation and checkpoints.
+paper (micro-batches, DistributedDataParallel), the data pipeline, evaluation, checkpoints and the
+TensorBoard event files.
 """
 import dataclasses
 import json
@@ -31,8 +32,9 @@ from corpus import write_split
 from iemocap import CLASSES
 from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, mixup_targets, recognition_loss
 from model import SERModel, load_backbone
-from settings import MIN_SAMPLES
-from util import atomic_write, broadcast, read_back, save_torch, write_json
+from runs import draw_confusion
+from settings import MIN_SAMPLES, RUN_ONLY
+from util import atomic_write, broadcast, pyplot, read_back, save_torch, summary_writer, write_json
 
 # The random streams of a job. Each draw is seeded by (seed, fold, epoch, stream), so a resumed job
 # draws exactly what an uninterrupted one did, and no stream shifts another.
@@ -63,12 +65,14 @@ def run_job(cfg, corpus, audio, job, folder, rt):
         write_json(dict(model=model.spec(), classes=list(corpus.classes), sample_rate=SAMPLE_RATE, max_len=cfg.max_len,
                         padding=cfg.padding, fold=job.fold, seed=job.seed), folder / "model.json")
     center_loss = CenterLoss(len(corpus.classes), model.f0.out_features).to(rt.device)  # the centers of Eq. 5
-    stopped = fit(model, center_loss, pairs, val_loader, cfg, rt, folder, key, name)
+    board = Board(folder / "tb", cfg, rt, pairs.steps(cfg.batch_size))
+    stopped = fit(model, center_loss, pairs, val_loader, cfg, rt, folder, key, name, board)
     if rt.rank != 0:
         return None
     # Sec. 3.4: "evaluating the best model" - reload it (the authors' script tested the last epoch: BACKGROUND.md, bug 2)
     load_best(folder / "best.safetensors", model, rt)
     test = evaluate(model, test_loader, rt, f"{name} test")
+    board.end(test, corpus.classes, job, stopped["epoch"])
     metrics = dict(fold=job.fold, seed=job.seed, wa=test["wa"], ua=test["ua"], recall=test["recall"],
                    confusion=test["confusion"], classes=list(corpus.classes), best_epoch=stopped["best_epoch"],
                    best_val_wa=stopped["best_wa"] if val_loader else None, n_train=len(split["train"]),
@@ -81,12 +85,13 @@ def run_job(cfg, corpus, audio, job, folder, rt):
     return metrics
 
 
-def fit(model, center_loss, pairs, val_loader, cfg, rt, folder, key, name):
+def fit(model, center_loss, pairs, val_loader, cfg, rt, folder, key, name, board):
     """The loop of Sec. 3.2 and 3.4. Each epoch: Adam steps on batches of mixed pairs, then both
     learning rates x0.8 (for the first 20 epochs), then the validation WA. The best epoch's weights
     are kept (folder/best.safetensors); --patience epochs without a better WA stop the job. Without
     validation (Sec. 3.3) the last epoch is kept. Each epoch ends in folder/state.pt, from which an
-    interrupted job resumes. Returns the record of early stopping: best epoch, history."""
+    interrupted job resumes. Returns the record of early stopping: best epoch, history.
+    board: the job's TensorBoard curves (Board)."""
     opt = Optimisation(cfg, model, center_loss, rt, fused=rt.device.type == "cuda")  # fused: same maths, one kernel
     stopped = resume(folder / "state.pt", model, center_loss, opt, rt, name)
     net = torch.nn.parallel.DistributedDataParallel(model) if rt.size > 1 else model
@@ -96,7 +101,7 @@ def fit(model, center_loss, pairs, val_loader, cfg, rt, folder, key, name):
                 print(f"{name}: early stop, no better validation WA for {cfg.patience} epochs")
             break
         torch.manual_seed(derive_seed(*key, epoch, DROPOUT, rt.rank))
-        batches = Epoch(pairs, epoch, cfg, rt, f"{name} epoch {epoch}")  # mixup partners and batches drawn anew
+        batches = Epoch(pairs, epoch, cfg, rt, f"{name} epoch {epoch}", board, opt.lr)  # partners, batches drawn anew
         net.train()
         for batch, weight in batches:
             batches.add(train_step(net, center_loss, opt, batch, cfg, rt, weight, batches.where))
@@ -112,6 +117,7 @@ def fit(model, center_loss, pairs, val_loader, cfg, rt, folder, key, name):
         row = batches.row(lr=lr, val_wa=val and val["wa"], val_ua=val and val["ua"])
         stopped["history"].append(row)
         stopped["epoch"] = epoch
+        board.epoch(row)  # on disk before the state: a resumed job has every step up to it
         if rt.rank == 0:
             save_state(folder / "state.pt", model, center_loss, opt, stopped)
             print(f"{name} epoch {epoch:3d}  loss {row['loss']:.4f} (L_r {row['l_r']:.4f}, L_c {row['l_c']:.2f})  "
@@ -197,9 +203,14 @@ class Optimisation:
         self.scaler.update()
         return total
 
+    @property
+    def lr(self):
+        """The model's learning rate now."""
+        return self.opt.param_groups[0]["lr"]
+
     def decay(self):
         """The end of an epoch: both learning rates decay. Returns the model's rate of the epoch."""
-        lr = self.opt.param_groups[0]["lr"]
+        lr = self.lr
         self.sched.step()
         self.sched_c.step()
         return lr
@@ -338,6 +349,10 @@ class TrainPairs(Dataset):
     def __len__(self):
         return len(self.data)
 
+    def steps(self, batch_size):
+        """The batches (optimizer steps) of every epoch."""
+        return math.ceil(len(self) / batch_size)
+
     def __getitem__(self, i):
         x_i, l_i, y_i = self.data[i]
         j = self.partner[i]
@@ -358,16 +373,17 @@ class TrainPairs(Dataset):
 class Epoch:
     """One epoch's batches of pairs, as (batch, weight) for this process (under torchrun its part of
     each batch, rank_batches), with a progress bar of the mean loss so far; add() the step's losses
-    and row() gives the epoch's line of the history."""
+    (they go to the board too, with the epoch's learning rate lr) and row() gives the epoch's line
+    of the history."""
 
-    def __init__(self, pairs, epoch, cfg, rt, where):
+    def __init__(self, pairs, epoch, cfg, rt, where, board, lr):
         pairs.set_epoch(epoch)
         self.parts = rank_batches(pairs.batches(cfg.batch_size, cfg.padding == "dynamic"), rt.rank, rt.size)
         self.loader = DataLoader(pairs, batch_sampler=[p for p, _ in self.parts], num_workers=cfg.workers,
                                  collate_fn=partial(collate_train, padding=cfg.padding, max_len=cfg.max_len),
                                  pin_memory=rt.device.type == "cuda")
-        self.epoch, self.rt, self.where = epoch, rt, where
-        self.t0, self.audio_seconds, self.sums = time.time(), 0.0, np.zeros(3)
+        self.epoch, self.rt, self.where, self.board, self.lr = epoch, rt, where, board, lr
+        self.t0, self.audio_seconds, self.sums, self.done = time.time(), 0.0, np.zeros(3), 0
 
     def __iter__(self):
         bar = tqdm(self.loader, desc=self.where, leave=False, dynamic_ncols=True,
@@ -385,6 +401,8 @@ class Epoch:
 
     def add(self, losses):
         self.sums += losses
+        self.done += 1
+        self.board.step(self.epoch, self.done, losses, self.lr)
 
     def row(self, **more):
         """The history's line: the mean L, L_r and L_c of the steps, `more`, the seconds and audio-s/s."""
@@ -495,3 +513,60 @@ def save_best(path, model, center_loss):
     """The weights of the best epoch so far, the class centers under center_loss.*."""
     best = {**model.state_dict(), **{f"center_loss.{k}": v for k, v in center_loss.state_dict().items()}}
     atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in best.items()}, tmp))
+
+
+# ---------------------------------------------------------------------------- TensorBoard
+
+
+class Board:
+    """The job's TensorBoard event files in `folder` (foldK/seedS/tb/, docs/runs.md). Per step: L,
+    L_r, L_c (Eq. 4-6) and the learning rate; per epoch, at its last step: the mean loss, the
+    validation WA and UA, seconds and audio-s/s; after the last step: the test WA and UA, the
+    confusion matrix and the job's settings (TensorBoard's HParams view). Step k of epoch e is
+    global step (e - 1) * steps + k, so a resumed job continues its curves: the writer opens at the
+    first step it writes and purges what a killed process wrote from there on. Only rank 0 writes;
+    with --no-tensorboard nothing is written, nor tensorboard imported."""
+
+    def __init__(self, folder, cfg, rt, steps):
+        self.folder, self.cfg, self.rt, self.steps = folder, cfg, rt, steps  # steps: per epoch
+        self.on, self.writer = rt.rank == 0 and not cfg.no_tensorboard, None
+
+    def _writer(self, step):
+        """The writer, opened at the first step written: a killed process's events from there on are purged."""
+        if self.writer is None:
+            self.writer = summary_writer()(self.folder, purge_step=step)
+        return self.writer
+
+    def step(self, epoch, k, losses, lr):
+        """Step k of the epoch: its [L, L_r, L_c] (train_step) and learning rate."""
+        if self.on:
+            step = (epoch - 1) * self.steps + k
+            for tag, value in zip(("train/loss", "train/L_r", "train/L_c", "train/lr"), [*losses, lr]):
+                self._writer(step).add_scalar(tag, value, step)
+
+    def epoch(self, row):
+        """The history's line of an epoch (Epoch.row), at its last step, flushed to disk."""
+        if self.on:
+            step = row["epoch"] * self.steps
+            w = self._writer(step)
+            for tag, key in [("epoch/loss", "loss"), ("val/WA", "val_wa"), ("val/UA", "val_ua"),
+                             ("epoch/seconds", "seconds"), ("epoch/audio_s_per_s", "audio_per_s")]:
+                if row[key] is not None:  # no validation part (Sec. 3.3): no validation scores
+                    w.add_scalar(tag, row[key], step)
+            w.flush()
+
+    def end(self, test, classes, job, epochs):
+        """The test of the job, trained for `epochs` epochs, after its last step: the scores, the
+        confusion matrix and, beside the scores, the settings that decide what the job computes."""
+        if not self.on:
+            return
+        step = epochs * self.steps + 1
+        w = self._writer(step)
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
+        draw_confusion(ax, test["confusion"], classes, f"fold {job.fold} seed {job.seed}: test")
+        w.add_figure("test/confusion", fig, step)  # closes the figure
+        settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RUN_ONLY}
+        settings.update(fold=job.fold, seed=job.seed, precision=self.rt.precision)
+        w.add_hparams(settings, {"test/WA": test["wa"], "test/UA": test["ua"]}, run_name=".", global_step=step)
+        w.close()

@@ -198,3 +198,14 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def summary_writer():
+    """torch.utils.tensorboard.SummaryWriter, imported when first needed: it imports tensorboard, slow.
+    Without tensorboard installed, one line that says what to do."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise UserError(f"TensorBoard event files need the tensorboard package ({e}): "
+                        "pip install -r requirements.txt, or pass --no-tensorboard") from None
+    return SummaryWriter
