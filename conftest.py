@@ -83,6 +83,20 @@ def small_corpus(tmp_path_factory):
     return root
 
 
+def board(tb):
+    """A job's TensorBoard event files (its tb/ folder) read back by TensorBoard's own reader, every point kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tb), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def curves(tb):
+    """{tag: [(step, value), ...]} of the scalars in a job's event files."""
+    events = board(tb)
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def one_utterance(wav, uid="Ses01F_impro01_F000"):
     return Utterance(uid, 1, "Ses01F", "neu", 0.0, 1.0, str(wav), "Ses01F_impro01", True)
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import runs
-from conftest import HERE, TINY, cli
+from conftest import HERE, TINY, cli, curves
 
 
 def numbers(run, job):
@@ -49,8 +49,9 @@ def test_a_run_writes_one_folder_per_job_and_the_summary_of_all(single_run):
 
 
 def test_list_jobs_lines_run_one_after_another_give_the_numbers_of_one_call(single_run, small_corpus, tmp_path):
-    out = tmp_path / "listed"
-    listed = cli("reproduce.py", *TINY, "--demo-corpus", small_corpus, "--fold", "all", "--out", out, "--list-jobs")
+    out = tmp_path / "listed"  # without TensorBoard: its numbers are those of single_run, which wrote event files
+    listed = cli("reproduce.py", *TINY, "--demo-corpus", small_corpus, "--fold", "all", "--out", out, "--list-jobs",
+                 "--no-tensorboard")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert len(lines) == 5 and not out.exists()  # listing writes nothing
@@ -61,6 +62,7 @@ def test_list_jobs_lines_run_one_after_another_give_the_numbers_of_one_call(sing
         assert done.returncode == 0, done.stderr[-2000:]
     for job in all_jobs(1):
         assert numbers(out, job) == numbers(single_run, job), job
+        assert (single_run / job / "tb").is_dir() and not (out / job / "tb").exists()
     a, b = (json.loads((run / "results.json").read_text()) for run in (out, single_run))
     assert a["mean"] == b["mean"] and a["finished"] == 5
     again = cli("reproduce.py", *TINY, "--demo-corpus", small_corpus, "--fold", "all", "--out", out, "--list-jobs")
@@ -256,6 +258,13 @@ def test_torchrun_two_processes_give_the_single_process_losses_and_scores(small_
     for row_a, row_b in zip(a["history"], b["history"], strict=True):
         assert row_b["loss"] == pytest.approx(row_a["loss"], abs=1e-5)
     assert (a["wa"], a["ua"], a["confusion"]) == (b["wa"], b["ua"], b["confusion"])
+    # one set of TensorBoard event files, rank 0's: every file of one process, the single-process steps
+    files = sorted((tmp_path / "two").rglob("events.out.tfevents.*"))
+    assert files and {f.parent for f in files} == {tmp_path / "two/fold2/seed0/tb"}
+    assert len({f.name.split(".")[-2] for f in files}) == 1  # events.out.tfevents.<time>.<host>.<pid>.<n>
+    one_tb, two_tb = curves(tmp_path / "one/fold2/seed0/tb"), curves(tmp_path / "two/fold2/seed0/tb")
+    assert [s for s, _ in two_tb["train/loss"]] == [s for s, _ in one_tb["train/loss"]]
+    assert [v for _, v in two_tb["train/loss"]] == pytest.approx([v for _, v in one_tb["train/loss"]], abs=1e-5)
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["environment"]["world_size"] == 2
     assert two.stdout.count("--- fold2/seed0") == 1  # rank 0 alone prints

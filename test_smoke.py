@@ -18,7 +18,7 @@ import reproduce
 import settings
 import stats
 import train
-from conftest import HERE, cli
+from conftest import HERE, cli, curves
 from model import FAMILIES, SERModel, tiny_config
 
 
@@ -69,6 +69,17 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(small_corpus,
     history = lambda run: [{k: v for k, v in row.items() if k not in ("seconds", "audio_per_s")}
                            for row in json.loads((tmp_path / run / "fold2" / "seed0" / "metrics.json").read_text())["history"]]
     assert history("whole") == history("cut")
+
+    # TensorBoard: a loss point per step, a validation point at the last step of each epoch, and the
+    # resumed job's curves are the uninterrupted one's, each step once
+    whole, cut = (curves(tmp_path / run / "fold2" / "seed0" / "tb") for run in ("whole", "cut"))
+    steps = -(-json.loads((tmp_path / "whole/fold2/seed0/metrics.json").read_text())["n_train"] // 16)  # per epoch
+    assert [step for step, _ in whole["train/loss"]] == list(range(1, 3 * steps + 1))
+    assert [step for step, _ in whole["val/WA"]] == [steps, 2 * steps, 3 * steps]
+    assert [v for _, v in whole["val/WA"]] == pytest.approx([row["val_wa"] for row in history("whole")])
+    assert [v for _, v in whole["epoch/loss"]] == pytest.approx([row["loss"] for row in history("whole")])
+    for tag in ("train/loss", "train/L_r", "train/L_c", "train/lr", "epoch/loss", "val/WA", "val/UA", "test/WA"):
+        assert cut[tag] == whole[tag], tag
 
 
 def test_a_job_stopped_early_and_killed_before_its_test_trains_no_more_epochs_on_resume(small_corpus, tmp_path,
