@@ -1,6 +1,8 @@
 """TensorBoard event files of a job (train.Board), read back with TensorBoard's own reader. The curves of
 a whole job and of one killed after epoch 1 and resumed are checked in test_smoke.py, the single writer
 under torchrun in test_runs.py, and that --no-tensorboard changes no number in test_runs.py."""
+import errno
+
 import pytest
 import torch
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -8,7 +10,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 import train
 from conftest import board, curves
 from runs import Job
-from settings import Config
+from settings import Config, DiskFull
 from util import Runtime
 
 STEPS = 3  # per epoch
@@ -63,3 +65,15 @@ def test_a_board_of_another_rank_or_with_no_tensorboard_writes_nothing(tmp_path,
     quiet.epoch(row(1, 1.0))
     quiet.end(TEST, ["a", "b"], Job("2", 0), 1)
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_disk_that_fills_while_the_board_writes_is_one_line(tmp_path, monkeypatch):
+    full = train.Board(tmp_path / "tb", Config(), Runtime(torch.device("cpu"), "fp32"), STEPS)
+    full.step(1, 1, [1.0, 1.0, 0.0], 1e-4)
+
+    def no_space(*args, **kwargs):  # what the event writer raises once the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(full.writer, "add_scalar", no_space)
+    with pytest.raises(DiskFull, match=f"cannot write {tmp_path / 'tb'}: no space left on device"):
+        full.step(1, 2, [1.0, 1.0, 0.0], 1e-4)

@@ -14,7 +14,7 @@ import json
 import math
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -33,8 +33,8 @@ from iemocap import CLASSES
 from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, mixup_targets, recognition_loss
 from model import SERModel, load_backbone
 from runs import draw_confusion
-from settings import MIN_SAMPLES, RUN_ONLY
-from util import atomic_write, broadcast, pyplot, read_back, save_torch, summary_writer, write_json
+from settings import MIN_SAMPLES, RUN_ONLY, DiskFull
+from util import atomic_write, broadcast, no_space, pyplot, read_back, save_torch, summary_writer, write_json
 
 # The random streams of a job. Each draw is seeded by (seed, fold, epoch, stream), so a resumed job
 # draws exactly what an uninterrupted one did, and no stream shifts another.
@@ -531,29 +531,37 @@ class Board:
         self.folder, self.cfg, self.rt, self.steps = folder, cfg, rt, steps  # steps: per epoch
         self.on, self.writer = rt.rank == 0 and not cfg.no_tensorboard, None
 
-    def _writer(self, step):
-        """The writer, opened at the first step written: a killed process's events from there on are purged."""
-        if self.writer is None:
-            self.writer = summary_writer()(self.folder, purge_step=step)
-        return self.writer
+    @contextmanager
+    def _writing(self, step):
+        """The writer, opened at the first step written: it purges what a killed process wrote from
+        there on. A disk or quota that fills meanwhile ends the run in one line (DiskFull)."""
+        try:
+            if self.writer is None:
+                self.writer = summary_writer()(self.folder, purge_step=step)
+            yield self.writer
+        except Exception as e:
+            if no_space(e):
+                raise DiskFull(f"cannot write {self.folder}: no space left on device") from None
+            raise
 
     def step(self, epoch, k, losses, lr):
         """Step k of the epoch: its [L, L_r, L_c] (train_step) and learning rate."""
         if self.on:
             step = (epoch - 1) * self.steps + k
-            for tag, value in zip(("train/loss", "train/L_r", "train/L_c", "train/lr"), [*losses, lr]):
-                self._writer(step).add_scalar(tag, value, step)
+            with self._writing(step) as w:
+                for tag, value in zip(("train/loss", "train/L_r", "train/L_c", "train/lr"), [*losses, lr]):
+                    w.add_scalar(tag, value, step)
 
     def epoch(self, row):
         """The history's line of an epoch (Epoch.row), at its last step, flushed to disk."""
         if self.on:
             step = row["epoch"] * self.steps
-            w = self._writer(step)
-            for tag, key in [("epoch/loss", "loss"), ("val/WA", "val_wa"), ("val/UA", "val_ua"),
-                             ("epoch/seconds", "seconds"), ("epoch/audio_s_per_s", "audio_per_s")]:
-                if row[key] is not None:  # no validation part (Sec. 3.3): no validation scores
-                    w.add_scalar(tag, row[key], step)
-            w.flush()
+            with self._writing(step) as w:
+                for tag, key in [("epoch/loss", "loss"), ("val/WA", "val_wa"), ("val/UA", "val_ua"),
+                                 ("epoch/seconds", "seconds"), ("epoch/audio_s_per_s", "audio_per_s")]:
+                    if row[key] is not None:  # no validation part (Sec. 3.3): no validation scores
+                        w.add_scalar(tag, row[key], step)
+                w.flush()
 
     def end(self, test, classes, job, epochs):
         """The test of the job, trained for `epochs` epochs, after its last step: the scores, the
@@ -561,12 +569,12 @@ class Board:
         if not self.on:
             return
         step = epochs * self.steps + 1
-        w = self._writer(step)
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
         draw_confusion(ax, test["confusion"], classes, f"fold {job.fold} seed {job.seed}: test")
-        w.add_figure("test/confusion", fig, step)  # closes the figure
         settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RUN_ONLY}
         settings.update(fold=job.fold, seed=job.seed, precision=self.rt.precision)
-        w.add_hparams(settings, {"test/WA": test["wa"], "test/UA": test["ua"]}, run_name=".", global_step=step)
-        w.close()
+        with self._writing(step) as w:
+            w.add_figure("test/confusion", fig, step)  # closes the figure
+            w.add_hparams(settings, {"test/WA": test["wa"], "test/UA": test["ua"]}, run_name=".", global_step=step)
+            w.close()
