@@ -77,8 +77,8 @@ def test_resumed_run_ends_with_the_numbers_of_an_uninterrupted_one(small_corpus,
     assert [step for step, _ in whole["train/loss"]] == list(range(1, 3 * steps + 1))
     assert [step for step, _ in whole["val/WA"]] == [steps, 2 * steps, 3 * steps]
     assert [v for _, v in whole["val/WA"]] == pytest.approx([row["val_wa"] for row in history("whole")])
-    assert [v for _, v in whole["epoch/loss"]] == pytest.approx([row["loss"] for row in history("whole")])
-    for tag in ("train/loss", "train/L_r", "train/L_c", "train/lr", "epoch/loss", "val/WA", "val/UA", "test/WA"):
+    assert [v for _, v in whole["train/epoch_loss"]] == pytest.approx([row["loss"] for row in history("whole")])
+    for tag in ("train/loss", "train/L_r", "train/L_c", "train/lr", "train/epoch_loss", "val/WA", "val/UA", "test/WA"):
         assert cut[tag] == whole[tag], tag
 
 

@@ -41,7 +41,7 @@ def test_a_resumed_job_overwrites_the_steps_its_killed_process_wrote_after_the_l
     lines = curves(tb)
     assert lines["train/loss"] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0), (5, 2.0), (6, 2.0)]
     assert [s for s, _ in lines["train/lr"]] == [1, 2, 3, 4, 5, 6]
-    assert lines["epoch/loss"] == [(3, 1.0), (6, 2.0)] and [s for s, _ in lines["val/WA"]] == [3, 6]
+    assert lines["train/epoch_loss"] == [(3, 1.0), (6, 2.0)] and [s for s, _ in lines["val/WA"]] == [3, 6]
     assert lines["test/WA"] == [(7, 0.75)] and lines["test/UA"] == [(7, 0.5)]
 
     again = train.Board(tb, cfg, rt, STEPS)  # killed during its test, after writing it: resumed, tested again
@@ -49,8 +49,9 @@ def test_a_resumed_job_overwrites_the_steps_its_killed_process_wrote_after_the_l
     events = board(tb)
     assert [e.step for e in events.Scalars("test/WA")] == [7] and [e.step for e in events.Images("test/confusion")] == [7]
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
-    start = plugin_data_pb2.HParamsPluginData.FromString(
-        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    hparams = events.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" not in hparams  # TensorBoard builds it from all jobs: the settings that differ first
+    start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["fold"].string_value == "2" and start.hparams["seed"].number_value == 0
     assert start.hparams["mixup"].string_value == "adaptive" and start.hparams["precision"].string_value == "fp32"
     assert "out" not in start.hparams and "workers" not in start.hparams  # where it ran is not what it computed

@@ -557,8 +557,8 @@ class Board:
         if self.on:
             step = row["epoch"] * self.steps
             with self._writing(step) as w:
-                for tag, key in [("epoch/loss", "loss"), ("val/WA", "val_wa"), ("val/UA", "val_ua"),
-                                 ("epoch/seconds", "seconds"), ("epoch/audio_s_per_s", "audio_per_s")]:
+                for tag, key in [("train/epoch_loss", "loss"), ("val/WA", "val_wa"), ("val/UA", "val_ua"),
+                                 ("time/epoch_seconds", "seconds"), ("time/audio_s_per_s", "audio_per_s")]:
                     if row[key] is not None:  # no validation part (Sec. 3.3): no validation scores
                         w.add_scalar(tag, row[key], step)
                 w.flush()
@@ -574,7 +574,13 @@ class Board:
         draw_confusion(ax, test["confusion"], classes, f"fold {job.fold} seed {job.seed}: test")
         settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RUN_ONLY}
         settings.update(fold=job.fold, seed=job.seed, precision=self.rt.precision)
-        with self._writing(step) as w:
+        scores = {"test/WA": test["wa"], "test/UA": test["ua"]}
+        from torch.utils.tensorboard.summary import hparams  # loaded with the writer
+        _, start, end = hparams(settings, scores)  # without the experiment summary (add_hparams writes one), TensorBoard
+        with self._writing(step) as w:  # builds it from every job's settings, those that differ between jobs first
             w.add_figure("test/confusion", fig, step)  # closes the figure
-            w.add_hparams(settings, {"test/WA": test["wa"], "test/UA": test["ua"]}, run_name=".", global_step=step)
+            for tag, value in scores.items():
+                w.add_scalar(tag, value, step)
+            for summary in (start, end):
+                w.file_writer.add_summary(summary, step)
             w.close()
