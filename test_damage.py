@@ -131,7 +131,7 @@ def test_a_full_disk_while_writing_the_state_leaves_the_last_one_and_resume_fini
     assert err == [f"error: cannot write {job / 'state.pt'}: no space left on device (the file it replaces is intact); "
                    "free some space, then continue with --resume and the same --out"]
     monkeypatch.undo()
-    assert sorted(p.name for p in job.iterdir()) == ["best.safetensors", "model.json", "split", "state.pt"]  # no .tmp
+    assert sorted(p.name for p in job.iterdir()) == ["best.safetensors", "model.json", "split", "state.pt", "tb"]  # no .tmp
     assert json.loads(torch.load(job / "state.pt", weights_only=True)["es"])["epoch"] == 1
     assert load_file(job / "best.safetensors")
     assert reproduce.main(["--resume", "--out", str(tmp_path / "run")]) == 0
