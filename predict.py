@@ -3,7 +3,9 @@
     python predict.py --run runs/X a.wav more/ list.txt      # CSV: path, emotion, p_<class>..., seconds, error
     python predict.py --run runs/X --fold 3 --crop a.wav      # fold 3's model on the first window, as its test saw it
     python predict.py --run runs/X --segments --plot talk.png talk.wav   # one row per window, and a plot
-    python predict.py --run runs/X --export model/ [--dtype bf16]        # a self-contained folder with a model card
+    python predict.py --run runs/X --vad --segments talk.wav  # one row per speech segment; silence is not classified
+    python predict.py --run runs/X --shard 2/8 archive/       # the 2nd of 8 parts of the inputs (GNU parallel, SLURM)
+    python predict.py --run runs/X --export model/ [--dtype bf16] [--onnx]  # a self-contained folder with a model card
     python predict.py --model model/ a.wav                    # predict from that folder alone
     python predict.py --bench --run runs/X [--n 200]          # batched vs one file at a time
 
@@ -12,7 +14,8 @@ mono, resampled to 16 kHz, cut to windows of the run's max_len samples (6.25 s i
 window divided by its own peak, padded to 400 samples if shorter. The model learned from an
 utterance's first window only; a longer recording gets a window every half window (starts 0, hop,
 2 hop, ... until a window reaches the end), and its row is the unweighted mean of its windows'
-probabilities. --crop keeps the first window, exactly the input a fold's test evaluated.
+probabilities. --crop keeps the first window, exactly the input a fold's test evaluated. With --vad,
+Silero VAD finds the speech first and only the speech segments are cut into windows.
 
 Padding follows the run (model.json): a model trained with fixed padding (the authors' setting)
 saw every utterance padded to max_len with its mean and no attention mask, so its windows are
@@ -21,23 +24,33 @@ zero-padded to the batch's longest window, with the attention mask. Either way p
 the model what its own test fed it, which is why --fold K --crop gives back the fold's test classes.
 
 Several models (the folds of a run, the seeds of a fold) form an ensemble: the mean of their
-softmax probabilities. The run folder alone suffices: model.json holds the transformers config
-of the cut backbone, best.safetensors the weights; no hub, no pretrained HuBERT, no network.
+softmax probabilities. They are loaded one at a time, each run over the decoded windows and freed,
+so memory holds one model whatever the ensemble's size. The run folder alone suffices: model.json
+holds the transformers config of the cut backbone, best.safetensors the weights; no hub, no
+pretrained HuBERT, no network. Precision: bf16 autocast where the device computes in bf16 (a GPU
+that has it, a CPU with AVX512-BF16 or AMX), else fp32; --int8 for a CPU without bf16.
 """
 import argparse
+import contextlib
 import csv
 import dataclasses
+import importlib.util
+import inspect
 import io
 import json
 import os
+import re
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -47,7 +60,7 @@ import train
 from corpus import fold_key, read_split
 from model import model_from_spec
 from settings import MIN_SAMPLES, RUN_ONLY, Config, CorpusError, Parser, UserError, flag, guarded, known
-from util import atomic_write, default_precision, device_name, pyplot, write_json
+from util import atomic_write, device_name, pyplot, write_json
 
 # What a folder argument is searched for: what soundfile reads, and containers whose first audio
 # stream FFmpeg reads (audio.load_audio).
@@ -55,6 +68,13 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".
 LIST_EXTENSION = ".txt"  # a file argument with this extension lists paths, one a line
 BENCH_CHUNK = 50  # --bench alternates batched and one-at-a-time over chunks of this many files
 POOL = 4  # decoded windows are sorted by length in pools of this many batches (dynamic padding pads less)
+# Padded windows held at once: the members run over this much input in turn before more is decoded
+# (HuBERT-Large's 6.25 s windows: ~670 of them), so memory stays bounded however many files are given.
+CHUNK_BYTES = 256 * 2 ** 20
+PRECISIONS = {"fp32": "fp32", "bf16": "bf16 autocast", "int8": "int8 Linear layers (dynamic quantization), the rest fp32"}
+ONNX_INSTALL = "pip install -r requirements-onnx.txt (onnx and onnxruntime)"
+ONNX_TOLERANCE = 1e-4  # largest |onnxruntime - torch| of a class probability accepted after --onnx
+ONNX_OPSET = 17
 
 
 def parser():
@@ -75,18 +95,28 @@ def parser():
     inp.add_argument("--max-len", type=int, metavar="N",
                      help="window in samples at 16 kHz (default: the run's max_len, the crop it trained on); hop N/2")
     inp.add_argument("--crop", action="store_true", help="the first window only, as training and the fold's test")
+    inp.add_argument("--vad", action="store_true", help="predict the speech only: Silero VAD's segments (package "
+                     "silero-vad), each cut into windows when longer than one; silence is not classified")
+    inp.add_argument("--shard", metavar="K/N", help="only the K-th of N equal parts of the inputs (after folders and "
+                     "lists are expanded, in order): the N outputs, concatenated, are the table of one process")
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="FILE", help="write the table here (atomically) instead of stdout")
     out.add_argument("--json", action="store_true", help="JSON lines instead of CSV")
-    out.add_argument("--segments", action="store_true", help="one row per window, with its start and end in seconds")
+    out.add_argument("--segments", action="store_true", help="one row per window (with --vad: per speech segment), "
+                     "with its start and end in seconds")
     out.add_argument("--plot", metavar="PNG", help="with one input file: its class probabilities per window over time")
     out.add_argument("--export", metavar="DIR", help="write the selected models as a self-contained folder "
                      "(config.json, model.safetensors, README.md model card) and exit")
     out.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                      help="--export: weights stored in this type (bf16: half the size; loaded back as fp32)")
+    out.add_argument("--onnx", action="store_true", help="--export: also model.onnx (+ model.onnx.data), the ensemble "
+                     f"as one ONNX graph (windows in, mean probabilities out), checked with onnxruntime; needs {ONNX_INSTALL}")
     run = p.add_argument_group("how it runs")
-    run.add_argument("--device", default="", metavar="DEV", help="cuda, cpu, ... (default: cuda when present); "
-                     "bf16 autocast on a GPU that has it, fp32 on a CPU")
+    run.add_argument("--device", default="", metavar="DEV", help="cuda, cpu, ... (default: cuda when present)")
+    run.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                     help="auto (default): bf16 autocast on a GPU or CPU that computes in bf16, else fp32")
+    run.add_argument("--int8", action="store_true", help="CPU: the Linear layers in int8 (torch's dynamic "
+                     "quantization), the rest in fp32; for a CPU without bf16")
     run.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default: 16)")
     run.add_argument("--workers", type=int, default=2, metavar="N",
                      help="DataLoader processes decoding audio ahead (0: in this process; default: 2)")
@@ -96,16 +126,36 @@ def parser():
     return p
 
 
+# ---------------------------------------------------------------------------- files read
+
+
+def read_json(path):
+    """model.json, metrics.json, a run's or an export's config.json."""
+    return json.loads(Path(path).read_text())
+
+
+def read_weights(path, prefix=""):
+    """The tensors of a safetensors file whose names start with prefix, the prefix removed, floats as fp32
+    (a bf16 export comes back as fp32). A run's center_loss.* entries (the class centers of Eq. 5, not model
+    weights) are left out. Only these tensors are read: one member of an export's many."""
+    with safe_open(str(path), framework="pt") as f:
+        names = [k for k in f.keys() if k.startswith(prefix) and not k.startswith(prefix + "center_loss.")]
+        tensors = {k[len(prefix):]: f.get_tensor(k) for k in names}
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}  # fp32 stays itself
+
+
 # ---------------------------------------------------------------------------- models
 
 
 @dataclass
 class Member:
-    """One model of the ensemble: a finished job of the run (fold, seed) and its test scores."""
+    """One model of the ensemble: a finished job of the run (fold, seed), where its weights are and its test
+    scores. Its model is built when it runs (models())."""
     fold: str
     seed: int
-    model: torch.nn.Module
     spec: dict
+    file: Path  # safetensors holding its weights...
+    prefix: str = ""  # ...under this prefix
     wa: float | None = None
     ua: float | None = None
     n_test: int | None = None
@@ -113,6 +163,9 @@ class Member:
     @property
     def name(self):
         return f"fold{self.fold}/seed{self.seed}"
+
+    def weights(self):
+        return read_weights(self.file, self.prefix)
 
 
 @dataclass
@@ -124,11 +177,27 @@ class Setup:
     sample_rate: int
 
 
-def rebuild(spec, state):
-    """SERModel of the spec (random init, no hub), then the saved weights (strict), in eval mode."""
-    model = model_from_spec(spec)
-    model.load_state_dict(state)
-    return model.eval()
+def models(members, device, int8=False):
+    """Each member's model in turn, in eval mode on the device. One model is built per architecture
+    (random init, no hub) and refilled with each member's saved weights (strict), so memory holds one
+    member whatever the ensemble's size. int8: a copy with the Linear layers quantized (quantize)."""
+    spec = model = None
+    for m in members:
+        if m.spec != spec:
+            model = None  # the previous architecture's model is freed before the next is built
+            model, spec = model_from_spec(m.spec).eval().to(device), m.spec
+        model.load_state_dict(m.weights())
+        yield quantize(model) if int8 else model
+
+
+def quantize(model):
+    """A copy of the model whose Linear layers compute in int8 (torch's dynamic quantization: int8 weights,
+    activations quantized per batch), the rest in fp32; CPU only. torch.ao.quantization warns that it is
+    deprecated in favour of the torchao package; it still works, and torchao is not a dependency
+    (docs/predict.md)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated", category=DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def select(jobs, fold, seed, where):
@@ -167,10 +236,8 @@ def load_run(run, fold=None, seed=None):
                         "model.json and best.safetensors)")
     members, setups = [], set()
     for f, s, d in select(finished, fold, seed, str(run)):
-        info = json.loads((d / "model.json").read_text())
-        metrics = json.loads((d / "metrics.json").read_text())
-        state = {k: v for k, v in load_file(d / "best.safetensors").items() if not k.startswith("center_loss.")}
-        members.append(Member(f, s, rebuild(info["model"], state), info["model"], metrics["wa"], metrics["ua"],
+        info, metrics = read_json(d / "model.json"), read_json(d / "metrics.json")
+        members.append(Member(f, s, info["model"], d / "best.safetensors", "", metrics["wa"], metrics["ua"],
                               metrics.get("n_test")))
         setups.add((tuple(info["classes"]), info["max_len"], info["padding"], info["sample_rate"]))
     if len(setups) > 1:
@@ -186,15 +253,10 @@ def load_export(folder, fold=None, seed=None):
     if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
         raise UserError(f"--model {folder}: not a folder written by predict.py --export (config.json and "
                         "model.safetensors)")
-    config = json.loads((folder / "config.json").read_text())
-    weights = load_file(folder / "model.safetensors")
+    config = read_json(folder / "config.json")
     jobs = [(m["fold"], m["seed"], m) for m in config["members"]]
-    members = []
-    for f, s, m in select(jobs, fold, seed, str(folder)):
-        prefix = f"fold{f}.seed{s}."
-        state = {k[len(prefix):]: v.float() if v.is_floating_point() else v  # bf16 exports come back as fp32
-                 for k, v in weights.items() if k.startswith(prefix)}
-        members.append(Member(f, s, rebuild(config["model"], state), config["model"], m["wa"], m["ua"], m["n_test"]))
+    members = [Member(f, s, config["model"], folder / "model.safetensors", f"fold{f}.seed{s}.", m["wa"], m["ua"],
+                      m["n_test"]) for f, s, m in select(jobs, fold, seed, str(folder))]
     return members, Setup(config["classes"], config["window"], config["padding"], config["sample_rate"])
 
 
@@ -231,6 +293,19 @@ def expand_one(arg):
     return [os.path.join(arg, f) for f in found]
 
 
+def parse_shard(text):
+    """'K/N' -> (K, N), 1 <= K <= N."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise UserError(f"--shard {text}: must be K/N with 1 <= K <= N, as 3/8")
+    return int(match[1]), int(match[2])
+
+
+def shard(paths, k, n):
+    """The k-th (1-based) of n contiguous parts of paths, as equal as can be: parts 1..n in turn are the list."""
+    return paths[(k - 1) * len(paths) // n:k * len(paths) // n]
+
+
 def warn(message):
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
@@ -245,13 +320,49 @@ def window_starts(n, window, crop=False):
     return starts
 
 
+@contextlib.contextmanager
+def torch_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+_VAD = {}  # this process's Silero VAD: (model, get_speech_timestamps), loaded once
+
+
+def speech(x):
+    """(start, end) samples of the speech segments of x (16 kHz mono float32): Silero VAD (the silero-vad
+    package, MIT licence, its model inside the wheel) with its defaults: threshold 0.5, speech of 250 ms
+    or more, pauses of 100 ms or more, segments padded by 30 ms. It runs at one thread (two are many times
+    slower on such a small model) and its model keeps state, so each process loads its own."""
+    if not _VAD:
+        threads = torch.get_num_threads()
+        with warnings.catch_warnings():  # its TorchScript file: "torch.jit.load is deprecated" on recent torch
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+            from silero_vad import get_speech_timestamps, load_silero_vad
+            _VAD["vad"] = load_silero_vad(), get_speech_timestamps
+        torch.set_num_threads(threads)  # importing silero_vad sets torch's threads to 1 for the whole process
+    model, timestamps = _VAD["vad"]
+    with torch_threads(1):
+        found = timestamps(torch.from_numpy(x), model, sampling_rate=audio.SAMPLE_RATE)
+    return [(int(t["start"]), int(t["end"])) for t in found]
+
+
 @dataclass
 class Recording:
-    """One input as decoded (in a DataLoader worker): its windows, ready for train.pad, or why it failed."""
+    """One input as decoded (in a DataLoader worker): its windows, ready for train.pad, or why it failed.
+    The windows belong to parts: each window is its own part, or with --vad the speech segment it was cut
+    from; --segments gives a row per part."""
     index: int
     path: str
     samples: int = 0  # at 16 kHz
-    starts: list = dataclasses.field(default_factory=list)
+    starts: list = dataclasses.field(default_factory=list)  # samples, one per window
+    ends: list = dataclasses.field(default_factory=list)
+    parts: list = dataclasses.field(default_factory=list)  # (start, end) samples
+    part_of: list = dataclasses.field(default_factory=list)  # the part of each window
     waves: list = dataclasses.field(default_factory=list)  # float32 arrays, one per window
     error: str = ""
     probs: np.ndarray | None = None  # (windows, classes), filled by predict()
@@ -262,8 +373,8 @@ class Recording:
 
 
 class Recordings(Dataset):
-    def __init__(self, paths, window, crop):
-        self.paths, self.window, self.crop = paths, window, crop
+    def __init__(self, paths, window, crop, vad=False):
+        self.paths, self.window, self.crop, self.vad = paths, window, crop, vad
 
     def __len__(self):
         return len(self.paths)
@@ -279,9 +390,24 @@ class Recordings(Dataset):
         except Exception as e:  # a decoder failing in a way of its own must not stop the other 9,999 files
             first = (str(e).splitlines() or [""])[0]
             return Recording(i, path, error=f"cannot read {path}: {type(e).__name__}: {first}")
-        starts = window_starts(len(x), self.window, self.crop)
-        # numpy, not tensors: pickled through the worker's pipe, where a tensor costs a shared-memory file each
-        return Recording(i, path, len(x), starts, [audio.prepare(x[s:], self.window) for s in starts])
+        rec = Recording(i, path, len(x))
+        segments = speech(x) if self.vad else [(0, len(x))]
+        if not segments:
+            rec.error = f"{path}: no speech found (--vad)"
+        for begin, end in segments:
+            starts = [begin + s for s in window_starts(end - begin, self.window, self.crop)]
+            ends = [min(s + self.window, end) for s in starts]
+            for s, e in zip(starts, ends):
+                rec.part_of.append(len(rec.parts) if self.vad else len(rec.starts))
+                rec.starts.append(s)
+                rec.ends.append(e)
+                if not self.vad:
+                    rec.parts.append((s, e))
+                # numpy, not tensors: pickled through the worker's pipe, where a tensor costs a shared-memory file each
+                rec.waves.append(audio.prepare(x[s:e], self.window))
+            if self.vad:
+                rec.parts.append((begin, end))
+        return rec
 
 
 def _as_is(item):
@@ -291,49 +417,74 @@ def _as_is(item):
 # ---------------------------------------------------------------------------- prediction
 
 
-def resolve(device):
-    """(torch.device, precision): cuda when present, and its default precision (util.default_precision)."""
+def resolve(device, precision="auto", int8=False):
+    """(torch.device, precision that runs): the device is cuda when present; the precision is int8 with
+    --int8 (a CPU only), else bf16 autocast where the device computes in bf16 (a GPU that has it; a CPU
+    with AVX512-BF16 or AMX, as oneDNN reports) for auto, else fp32."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return device, default_precision(device)
+    if int8:
+        if device.type != "cpu":
+            raise UserError(f"--int8: torch's dynamic quantization runs on a CPU, not on {device.type}; "
+                            "a GPU computes in bf16 (--precision bf16)")
+        if precision == "bf16":
+            raise UserError("--int8 computes the Linear layers in int8 and the rest in fp32: give it no --precision bf16")
+        return device, "int8"
+    if precision == "auto":
+        bf16 = (torch.cuda.is_bf16_supported() if device.type == "cuda" else
+                device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        precision = "bf16" if bf16 else "fp32"
+    return device, precision
 
 
 @torch.inference_mode()
-def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=16, workers=2, progress=True):
+def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=16, workers=2, progress=True,
+            precision="fp32", vad=False):
     """A Recording per path, in the order given, with .probs (windows, classes): each window's
     mean over the members of softmax(logits). Files are decoded in `workers` processes (longest
-    first under dynamic padding); their windows are sorted by length in pools of POOL batches and padded as the run trained."""
+    first under dynamic padding); their windows are sorted by length in pools of POOL batches and
+    padded as the run trained. The members then run over the padded batches one at a time (models()),
+    in chunks of CHUNK_BYTES of windows. precision: fp32, bf16 (autocast) or int8 (resolve)."""
     device = torch.device(device)
-    precision = default_precision(device)
-    for m in members:
-        m.model.to(device)
     order = range(len(paths))
     if setup.padding == "dynamic":  # like lengths together pad less; fixed padding pads every window to the full one
         order = sorted(order, key=lambda i: -audio.header_seconds(paths[i]))
-    loader = DataLoader(Recordings(paths, window, crop), batch_size=None, sampler=order, collate_fn=_as_is,
+    loader = DataLoader(Recordings(paths, window, crop, vad), batch_size=None, sampler=order, collate_fn=_as_is,
                         num_workers=min(workers, len(paths)))
     done = [None] * len(paths)
     where, probs = [], []  # (file, window) of each row of probs; probs stay on the device until the end
+    batches = []  # padded (x, mask) waiting for the members
+    bar = dict(leave=False, dynamic_ncols=True, disable=None if progress else True)  # disable=None: on a terminal only
 
-    def forward(chunk):
-        waves = [w for _, _, w in chunk]
-        x, mask = train.pad(waves, [len(w) for w in waves], setup.padding, window)  # (B, L), (B, L) or None
-        x = x.to(device, non_blocking=True)
-        mask = None if mask is None else mask.to(device, non_blocking=True)
-        with train.autocast(precision, device):
-            p = torch.stack([torch.softmax(m.model(x, mask)[1].float(), -1) for m in members]).mean(0)  # (B, classes)
-        probs.append(p)
-        where.extend((f, k) for f, k, _ in chunk)
+    def run_members():
+        """Every member over the waiting batches in turn; their mean probabilities join probs."""
+        each = [[] for _ in members]  # per member, its probabilities of each batch
+        todo = tqdm(total=len(members) * len(batches), unit="batch", desc=f"{len(members)} model(s)", **bar)
+        for k, model in enumerate(models(members, device, precision == "int8")):
+            for x, mask in batches:
+                x = x.to(device, non_blocking=True)
+                mask = None if mask is None else mask.to(device, non_blocking=True)
+                with train.autocast(precision, device):
+                    each[k].append(torch.softmax(model(x, mask)[1].float(), -1))  # (B, classes)
+                todo.update()
+            del model  # before the next member's is made
+        todo.close()
+        probs.extend(torch.stack(p).mean(0) for p in zip(*each))  # the ensemble's mean, batch by batch
+        batches.clear()
 
     def flush(pending, everything):
         pending.sort(key=lambda t: len(t[2]))
         cut = len(pending) if everything else len(pending) - len(pending) % batch_size
         for s in range(0, cut, batch_size):
-            forward(pending[s:s + batch_size])
+            chunk = pending[s:s + batch_size]
+            waves = [w for _, _, w in chunk]
+            batches.append(train.pad(waves, [len(w) for w in waves], setup.padding, window))  # (B, L), (B, L) or None
+            where.extend((f, k) for f, k, _ in chunk)
+        if sum(x.numel() * x.element_size() for x, _ in batches) >= CHUNK_BYTES or everything and batches:
+            run_members()
         return pending[cut:]
 
     pending = []
-    for rec in tqdm(loader, total=len(paths), unit="file", desc="predicting", leave=False, dynamic_ncols=True,
-                    disable=None if progress else True):  # disable=None: a bar on a terminal only
+    for rec in tqdm(loader, total=len(paths), unit="file", desc="decoding", **bar):
         if rec.error:
             warn(rec.error)
         elif rec.samples < MIN_SAMPLES:
@@ -357,8 +508,13 @@ def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=
 # ---------------------------------------------------------------------------- output
 
 
-def rows(recordings, setup, window, segments):
-    """Dicts with the columns path, [start, end,] emotion, p_<class>..., seconds, error."""
+def columns(classes, segments):
+    return ["path", *(["start", "end"] if segments else []), "emotion", *(f"p_{c}" for c in classes), "seconds", "error"]
+
+
+def rows(recordings, setup, segments):
+    """Dicts with the columns path, [start, end,] emotion, p_<class>..., seconds, error: a row per file, or
+    with segments a row per part (a window, or with --vad a speech segment: the mean of its windows)."""
     rate, classes = setup.sample_rate, setup.classes
     for rec in recordings:
         if rec.error:
@@ -367,8 +523,9 @@ def rows(recordings, setup, window, segments):
             continue
         seconds = rec.samples / rate
         if segments:
-            parts = [(dict(start=s / rate, end=min(s + window, rec.samples) / rate), p)
-                     for s, p in zip(rec.starts, rec.probs)]
+            part_of = np.array(rec.part_of)
+            parts = [(dict(start=s / rate, end=e / rate), rec.probs[part_of == k].mean(0))
+                     for k, (s, e) in enumerate(rec.parts)]
         else:
             parts = [({}, rec.prob())]
         for times, p in parts:
@@ -376,8 +533,9 @@ def rows(recordings, setup, window, segments):
                        **{f"p_{c}": float(v) for c, v in zip(classes, p)}, seconds=seconds, error=None)
 
 
-def table(rows, as_json):
-    """CSV (probabilities to 6 decimals, seconds to 4) or JSON lines (full precision)."""
+def table(rows, header, as_json):
+    """CSV (probabilities to 6 decimals, seconds to 4; the header even without rows, so that shards
+    concatenate) or JSON lines (full precision)."""
     rows = list(rows)
     if as_json:
         return "".join(json.dumps(r) + "\n" for r in rows)
@@ -387,8 +545,7 @@ def table(rows, as_json):
         return f"{v:.6f}" if k.startswith("p_") else f"{v:.4f}" if isinstance(v, float) else v
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    if rows:
-        writer.writerow(rows[0].keys())
+    writer.writerow(header)
     writer.writerows([cell(k, v) for k, v in r.items()] for r in rows)
     return buf.getvalue()
 
@@ -398,7 +555,7 @@ def plot(rec, setup, window, path):
     plt = pyplot()
 
     rate = setup.sample_rate
-    centres = [(s + min(s + window, rec.samples)) / 2 / rate for s in rec.starts]
+    centres = [(s + e) / 2 / rate for s, e in zip(rec.starts, rec.ends)]
     fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
     for c, column in zip(setup.classes, rec.probs.T):
         ax.plot(centres, column, marker="o", ms=3, label=c)
@@ -413,9 +570,10 @@ def plot(rec, setup, window, path):
 # ---------------------------------------------------------------------------- export
 
 
-def export(members, setup, run, folder, dtype):
+def export(members, setup, run, folder, dtype, onnx=False):
     """config.json, model.safetensors (every member's weights under "fold{K}.seed{S}.": one file to
-    copy and one read to load) and README.md, a model card from the run's config.json and metrics."""
+    copy and one read to load) and README.md, a model card from the run's config.json and metrics;
+    with onnx, model.onnx and model.onnx.data too (export_onnx)."""
     specs = [m.spec for m in members]
     if any(s != specs[0] for s in specs):
         raise UserError("the selected models differ in architecture: export one with --fold/--seed")
@@ -425,27 +583,114 @@ def export(members, setup, run, folder, dtype):
     folder.mkdir(parents=True, exist_ok=True)
     cast = torch.bfloat16 if dtype == "bf16" else torch.float32
     weights = {f"fold{m.fold}.seed{m.seed}.{k}": (v.to(cast) if v.is_floating_point() else v).contiguous()
-               for m in members for k, v in m.model.state_dict().items()}
+               for m in members for k, v in m.weights().items()}
     spec = specs[0]
     config = dict(classes=setup.classes, sample_rate=setup.sample_rate, window=setup.max_len, hop=setup.max_len // 2,
                   padding=setup.padding, pooling=spec["pooling"], layers=spec["layers"],
                   backbone=spec["backbone_config"]["model_type"],
                   members=[dict(fold=m.fold, seed=m.seed, wa=m.wa, ua=m.ua, n_test=m.n_test) for m in members],
                   dtype=dtype, model=spec)  # one spec: the members of a run share their architecture
+    if onnx:  # the graph of the weights as stored, so that it computes what --model computes in fp32
+        config["onnx"] = export_onnx(members, setup, folder, {k: v.float() if v.is_floating_point() else v
+                                                                for k, v in weights.items()})
     # readable by all (safetensors writes 0600): an export is made to be shared
     atomic_write(folder / "model.safetensors", lambda tmp: (save_file(weights, tmp), os.chmod(tmp, 0o644)))
     write_json(config, folder / "config.json")
-    card = model_card(members, setup, spec, Path(run), folder, dtype)
+    card = model_card(members, setup, spec, Path(run), folder, dtype, config.get("onnx"))
     atomic_write(folder / "README.md", lambda tmp: tmp.write_text(card))
     size = (folder / "model.safetensors").stat().st_size / 2 ** 20
     print(f"exported {len(members)} model(s) ({', '.join(m.name for m in members)}) to {folder}: "
-          f"model.safetensors {size:.1f} MiB ({dtype}), config.json, README.md", file=sys.stderr)
+          f"model.safetensors {size:.1f} MiB ({dtype}), config.json, README.md"
+          + (", model.onnx, model.onnx.data" if onnx else ""), file=sys.stderr)
 
 
-def model_card(members, setup, spec, run, folder, dtype):
+class Ensemble(torch.nn.Module):
+    """waveforms (B, L) [, attention_mask (B, L)] -> (B, classes), the mean of the members' softmax
+    probabilities: the graph --onnx exports."""
+
+    def __init__(self, nets):
+        super().__init__()
+        self.members = torch.nn.ModuleList(nets)
+
+    def forward(self, waveforms, attention_mask=None):
+        return torch.stack([torch.softmax(m(waveforms, attention_mask)[1].float(), -1) for m in self.members]).mean(0)
+
+
+def export_onnx(members, setup, folder, weights):
+    """model.onnx (the graph) and model.onnx.data (the weights: an ensemble of HuBERT-Large passes the 2 GB
+    limit of one protobuf file) in folder: the ensemble of the members as one graph, with a dynamic batch and
+    length, taking windows prepared as predict.py prepares them. Exported by torch's TorchScript exporter
+    (seconds, where the dynamo exporter takes minutes), then run by onnxruntime on windows of two lengths:
+    a difference from torch above ONNX_TOLERANCE is an error. Every member is in memory at once (one graph).
+    Returns the config's "onnx" entry."""
+    import onnx
+    import onnxruntime
+    nets = []
+    for m in members:
+        net = model_from_spec(m.spec)
+        net.load_state_dict({k[len(f"fold{m.fold}.seed{m.seed}."):]: v for k, v in weights.items()
+                             if k.startswith(f"fold{m.fold}.seed{m.seed}.")})
+        nets.append(net)
+    ensemble = Ensemble(nets).eval()  # the wrapper too: the exporter restores its training flag recursively
+    names = ["waveforms"] + (["attention_mask"] if setup.padding == "dynamic" else [])
+    window = setup.max_len
+
+    def example(batch, length, seed):  # peak-normalised noise; under dynamic padding, the last item shorter
+        x = torch.randn(batch, length, generator=torch.Generator().manual_seed(seed))
+        x /= x.abs().amax(1, keepdim=True)
+        if setup.padding == "fixed":
+            return (x,)
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[-1, length * 2 // 3:] = 0
+        return x * mask, mask
+
+    kw = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}  # torch < 2.5: none
+    tmp = Path(tempfile.mkdtemp(prefix=".onnx-", dir=folder))
+    try:
+        with warnings.catch_warnings():  # the exporter's deprecation notice; the tracer's notes on constant checks
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(ensemble, example(2, window, 0), str(tmp / "traced.onnx"), input_names=names,
+                              output_names=["probabilities"], opset_version=ONNX_OPSET,
+                              dynamic_axes={**{n: {0: "batch", 1: "length"} for n in names},
+                                            "probabilities": {0: "batch"}}, **kw)
+        assert not any(m.training for m in ensemble.modules()), "the exporter left a module in training mode"
+        graph = onnx.load(str(tmp / "traced.onnx"))  # a graph over 2 GB comes with its tensors in files beside it
+        (tmp / "out").mkdir()
+        onnx.save_model(graph, str(tmp / "out" / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+        del graph
+        for name in ("model.onnx.data", "model.onnx"):  # the graph last: its presence says both are whole
+            os.chmod(tmp / "out" / name, 0o644)
+            os.replace(tmp / "out" / name, folder / name)
+    finally:
+        for p in sorted(tmp.rglob("*"), reverse=True):
+            p.rmdir() if p.is_dir() else p.unlink()
+        tmp.rmdir()
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    diff, shapes = 0.0, []
+    for batch, length, seed in ((2, window, 1), (3, max(window * 3 // 4 + 1, MIN_SAMPLES), 2)):
+        args = example(batch, length, seed)
+        with torch.inference_mode():
+            expected = ensemble(*args).numpy()
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
+        diff = max(diff, float(np.abs(got - expected).max()))
+        shapes.append(f"{batch} x {length}")
+    if not diff <= ONNX_TOLERANCE:
+        raise UserError(f"--onnx: onnxruntime {onnxruntime.__version__} differs from torch by {diff:.1e} "
+                        f"(> {ONNX_TOLERANCE:.0e}) on windows of {' and '.join(shapes)}: model.onnx is not to be used")
+    size = sum((folder / n).stat().st_size for n in ("model.onnx", "model.onnx.data")) / 2 ** 20
+    print(f"model.onnx + model.onnx.data ({size:.1f} MiB, opset {ONNX_OPSET}): onnxruntime "
+          f"{onnxruntime.__version__} gives torch's probabilities to {diff:.1e} (batches of {' and '.join(shapes)} "
+          "samples)", file=sys.stderr)
+    return dict(file="model.onnx", data="model.onnx.data", opset=ONNX_OPSET, inputs=names, output="probabilities",
+                max_difference=diff)
+
+
+def model_card(members, setup, spec, run, folder, dtype, onnx=None):
     """README.md of an export: what it is, how to call it, what it computes, the members' test
     scores (metrics.json), the corpus and the settings of the run (config.json)."""
-    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+    saved = read_json(run / "config.json") if (run / "config.json").exists() else {}
     settings, corpus, env = known(saved.get("config", {})), saved.get("corpus", {}), saved.get("environment", {})
     rate, window, backbone = setup.sample_rate, setup.max_len, spec["backbone_config"]
     commit = f" (git commit {env['git_commit'][:10]})" if env.get("git_commit") else ""
@@ -477,8 +722,18 @@ def model_card(members, setup, spec, run, folder, dtype):
               f"- Ensemble: the mean of the softmax probabilities of {', '.join(m.name for m in members)}.",
               f"- Weights: `model.safetensors` in {dtype}, each model under the prefix `fold<K>.seed<S>.`"
               + ("; loaded back as fp32, so probabilities differ from the run's by bf16 rounding." if dtype == "bf16"
-                 else "."), "",
-              "## Test results of the models", "",
+                 else "."), ""]
+    if onnx:
+        inputs = " and ".join(f"`{n}` (batch, samples)" for n in onnx["inputs"])
+        lines += ["## ONNX", "",
+                  f"`model.onnx` with `model.onnx.data` (keep them together) is the whole ensemble as one graph (opset "
+                  f"{onnx['opset']}): {inputs} in, `probabilities` (batch, {len(setup.classes)}) out, the mean of the "
+                  "models' softmax probabilities, for windows prepared as above (float32"
+                  + (", padded to the window with its mean" if setup.padding == "fixed" else
+                     ", zero-padded to the batch's longest, the mask int64, 1 on samples") + "). onnxruntime gave "
+                  f"PyTorch's probabilities to {onnx['max_difference']:.1e} when it was exported. Running it with "
+                  "onnxruntime alone: docs/predict.md of the repository.", ""]
+    lines += ["## Test results of the models", "",
               "Each model was tested on its own fold's held-out test set (leave-one-session-out, Sec. 3.1 of the "
               "paper). An ensemble of several folds has seen every session in training: it has no held-out score "
               "on this corpus.", "",
@@ -506,10 +761,13 @@ def model_card(members, setup, spec, run, folder, dtype):
 # ---------------------------------------------------------------------------- benchmark
 
 
+# ---------------------------------------------------------------------------- benchmark
+
+
 def bench_paths(run, members, n):
     """The first n test utterances of the members' folds (split/test.txt), as wav paths of the run's corpus."""
     import corpus as corpora
-    saved = json.loads((Path(run) / "config.json").read_text())["config"]
+    saved = read_json(Path(run) / "config.json")["config"]
     corpus = corpora.load(Config(**known(saved)))
     wav = {u.id: u.wav for u in corpus.utterances}
     ids = []
@@ -527,9 +785,10 @@ def bench(members, setup, args):
     if not args.run:
         raise UserError("--bench needs --run (it predicts the run's own test utterances)")
     paths = bench_paths(args.run, members, args.n)
-    device, precision = resolve(args.device)
+    device, precision = resolve(args.device, args.precision, args.int8)
     window = args.max_len or setup.max_len
-    common = dict(members=members, setup=setup, window=window, crop=args.crop, device=device, progress=False)
+    common = dict(members=members, setup=setup, window=window, crop=args.crop, device=device, progress=False,
+                  precision=precision, vad=args.vad)
     batched = lambda chunk: predict(paths=chunk, batch_size=args.batch_size, workers=args.workers, **common)
     single = lambda chunk: [predict(paths=[p], batch_size=1, workers=0, **common)[0] for p in chunk]
     single(paths[:2])  # warm-up: allocator, thread pools, oneDNN kernels for both batch sizes
@@ -576,6 +835,18 @@ def check(args):
         raise UserError("--export needs --run (the model card is made from the run's config and metrics)")
     if not (args.export or args.bench or args.inputs):
         raise UserError("no audio given: pass files, folders or .txt lists (see --help)")
+    if args.onnx and not args.export:
+        raise UserError("--onnx goes with --export DIR: it writes model.onnx into the exported folder")
+    if args.shard:
+        parse_shard(args.shard)
+        if not args.inputs:
+            raise UserError("--shard splits the audio inputs: give it some")
+    needed = [("--vad", args.vad, "silero_vad", "pip install silero-vad (or pip install -r requirements.txt)")]
+    needed += [("--onnx", args.onnx, name, ONNX_INSTALL) for name in ("onnx", "onnxruntime")]
+    for name, asked, module, install in needed:
+        if asked and importlib.util.find_spec(module) is None:
+            raise UserError(f"{name} needs the {module} package, which is not installed: {install}")
+    resolve(args.device, args.precision, args.int8)  # --int8 on a GPU, or with --precision bf16
     for name, path in (("--out", args.out), ("--plot", args.plot)):  # checked before minutes of predicting
         if path and not Path(path).absolute().parent.is_dir():
             raise UserError(f"{name} {path}: the folder {Path(path).absolute().parent} does not exist")
@@ -589,33 +860,41 @@ def main_checked(args):
         raise UserError(f"the models take {setup.sample_rate} Hz audio; predict.py reads at {audio.SAMPLE_RATE} Hz")
     if args.export:  # --max-len given: the export's window
         setup = dataclasses.replace(setup, max_len=args.max_len or setup.max_len)
-        export(members, setup, args.run, args.export, args.dtype)
+        export(members, setup, args.run, args.export, args.dtype, args.onnx)
         return 0
     if args.bench:
         return bench(members, setup, args)
     paths = expand(args.inputs)
+    part = ""
+    if args.shard:
+        k, n = parse_shard(args.shard)
+        total, paths = len(paths), shard(paths, k, n)
+        part = f" | shard {k}/{n}: {len(paths)} of {total} files"
     if args.plot and len(paths) != 1:
         raise UserError(f"--plot draws one recording: the inputs hold {len(paths)} files")
     window = args.max_len or setup.max_len
-    device, precision = resolve(args.device)
+    device, precision = resolve(args.device, args.precision, args.int8)
     rate = setup.sample_rate
     print(f"{len(members)} model(s), softmax probabilities averaged: {', '.join(m.name for m in members)} | "
-          f"{'the first window' if args.crop else 'windows'} of {window / rate:.2f} s"
+          + ("speech segments (Silero VAD) cut into " if args.vad else "")
+          + f"{'the first window' if args.crop else 'windows'} of {window / rate:.2f} s"
           + ("" if args.crop else f" every {window // 2 / rate:.2f} s, averaged per file")
-          + f" | {setup.padding} padding as the run trained | {device.type}, {precision}", file=sys.stderr)
+          + f" | {setup.padding} padding as the run trained | {device.type}, {PRECISIONS[precision]}{part}",
+          file=sys.stderr)
     t0 = time.perf_counter()
-    recordings = predict(members, setup, paths, window, args.crop, device, args.batch_size, args.workers)
+    recordings = predict(members, setup, paths, window, args.crop, device, args.batch_size, args.workers,
+                         precision=precision, vad=args.vad)
     seconds = time.perf_counter() - t0
     ok = [r for r in recordings if not r.error]
-    if not ok:
-        raise UserError(f"none of the {len(paths)} input file(s) could be read" if paths else
-                        "no audio file in the inputs")
-    text = table(rows(recordings, setup, window, args.segments), args.json)
+    if not ok and not args.shard:  # a shard writes its rows whatever they hold: the shards add up to the whole
+        raise UserError(f"none of the {len(paths)} input file(s) could be read"
+                        + (" or held speech" if args.vad else "") if paths else "no audio file in the inputs")
+    text = table(rows(recordings, setup, args.segments), columns(setup.classes, args.segments), args.json)
     if args.out:
         atomic_write(args.out, lambda tmp: tmp.write_text(text))
     else:
         sys.stdout.write(text)
-    if args.plot:
+    if args.plot and ok:
         plot(ok[0], setup, window, args.plot)
     heard = sum(r.samples for r in ok) / rate
     bad = len(recordings) - len(ok)
