@@ -192,11 +192,12 @@ def models(members, device, int8=False):
 
 def quantize(model):
     """A copy of the model whose Linear layers compute in int8 (torch's dynamic quantization: int8 weights,
-    activations quantized per batch), the rest in fp32; CPU only. torch.ao.quantization warns that it is
-    deprecated in favour of the torchao package; it still works, and torchao is not a dependency
-    (docs/predict.md)."""
+    activations quantized per batch), the rest in fp32; CPU only. torch 2.13 warns that torch.ao.quantization
+    and its quantized tensors are deprecated (the torchao package replaces them); they still work, and
+    torchao is not a dependency (docs/predict.md), so the two warnings are silenced here."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.* are deprecated", category=UserWarning)
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
@@ -647,9 +648,12 @@ def export_onnx(members, setup, folder, weights):
     kw = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}  # torch < 2.5: none
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-", dir=folder))
     try:
-        with warnings.catch_warnings():  # the exporter's deprecation notice; the tracer's notes on constant checks
+        with warnings.catch_warnings():  # the exporter's deprecation notice; the tracer's notes on constant checks;
+            # negative indices in the mask's advanced indexing (transformers' feature-vector mask): a window has
+            # at least 400 samples, so at least one frame, and no index is negative
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
             torch.onnx.export(ensemble, example(2, window, 0), str(tmp / "traced.onnx"), input_names=names,
                               output_names=["probabilities"], opset_version=ONNX_OPSET,
                               dynamic_axes={**{n: {0: "batch", 1: "length"} for n in names},
@@ -898,7 +902,8 @@ def main_checked(args):
         plot(ok[0], setup, window, args.plot)
     heard = sum(r.samples for r in ok) / rate
     bad = len(recordings) - len(ok)
-    print(f"{len(ok)} files{f' ({bad} unreadable)' if bad else ''}, {sum(len(r.starts) for r in ok)} windows, "
+    bad = f" ({bad} unreadable{' or without speech' if args.vad else ''})" if bad else ""
+    print(f"{len(ok)} files{bad}, {sum(len(r.starts) for r in ok)} windows, "
           f"{heard:.1f} s of audio in {seconds:.1f} s: {heard / seconds:.1f} audio-s/s", file=sys.stderr)
     return 0
 

@@ -1,19 +1,26 @@
 """predict.py: the fold models of a run, or an export of them, on any audio file. One tiny run
 (fold 1, two seeds) is trained once for the module; the command lines run as a user would."""
+import contextlib
 import dataclasses
+import functools
+import importlib.util
+import io
 import json
 import shutil
+import weakref
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
 import torch
+from safetensors.torch import load_file, save_file
 
 import corpus
 import iemocap
 import predict
-from conftest import TINY, cli, write_av
+import train
+from conftest import HERE, TINY, cli, write_av
 
 
 def json_rows(text):
@@ -252,3 +259,138 @@ def test_no_readable_file_at_all_is_one_error_line_and_exit_2(run, inputs, tmp_p
     err = capsys.readouterr().err.splitlines()
     assert sum(line.startswith("warning: ") for line in err) == 2
     assert err[-1].startswith("error: none of the 2 input file(s) could be read")
+
+
+# ==== at real size: members in turn, precision, speech segments, ONNX, shards (tiny models here) ====
+
+
+def test_members_run_one_at_a_time_and_average_as_the_whole_ensemble_would(run, test_wavs, tmp_path, monkeypatch):
+    """Six members (the run's two seeds, three times over), the inputs in several chunks: at most one member's
+    model is alive at any forward pass, and the probabilities are the mean of the six models' softmax."""
+    six = tmp_path / "six"
+    for s in range(6):
+        job = six / "fold1" / f"seed{s}"
+        shutil.copytree(run / "fold1" / f"seed{s % 2}", job)
+        (job / "model.json").write_text(json.dumps({**json.loads((job / "model.json").read_text()), "seed": s}))
+    members, setup = predict.load_run(six)
+    assert len(members) == 6
+    paths = [wav for wav, _ in test_wavs[:4]]
+    built, alive = [], []
+
+    def count_alive(module, args):  # a model no longer referenced is freed at once (no reference cycles)
+        alive.append(sum(m() is not None for m in built))
+
+    def model_from_spec(spec):  # every model predict.py builds, watched
+        model = real_model_from_spec(spec)
+        built.append(weakref.ref(model))
+        model.register_forward_pre_hook(count_alive)
+        return model
+
+    real_model_from_spec = predict.model_from_spec
+    monkeypatch.setattr(predict, "model_from_spec", model_from_spec)
+    monkeypatch.setattr(predict, "CHUNK_BYTES", 3 * 4 * 8000 * 4)  # a chunk of windows every 3 batches of 4
+    got = predict.predict(members, setup, paths, 8000, batch_size=4, workers=0, progress=False, precision="fp32")
+    assert max(alive) == 1 and len(alive) > 6 * 3  # several chunks, each member over each of their batches
+    # each of the two models alone, over the same batches: the six members' mean is the mean of the two
+    alone = [predict.predict([m], setup, paths, 8000, batch_size=4, workers=0, progress=False, precision="fp32")
+             for m in members[:2]]
+    for rec, a, b in zip(got, *alone, strict=True):
+        assert len(rec.probs) == len(a.probs) > 1
+        assert np.abs(rec.probs - (a.probs + b.probs) / 2).max() <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def separated(run, test_wavs, tmp_path_factory):
+    """The run with its logits centred over four test utterances' windows and scaled by 30: every class is
+    some window's top class, and the top class gets 0.45 on average (0.25: uniform; the run itself: ~0.27), so
+    that a precision's rounding shows in the probabilities. Returns a function: precision -> the
+    probabilities of every window (windows, classes)."""
+    folder = tmp_path_factory.mktemp("separated") / "run"
+    shutil.copytree(run, folder)
+    members, setup = predict.load_run(folder)
+    paths = [wav for wav, _ in test_wavs[:4]]
+    windows = [torch.from_numpy(w) for k in range(len(paths)) for w in predict.Recordings(paths, 8000, False)[k].waves]
+    x, _ = train.pad(windows, [len(w) for w in windows], setup.padding, 8000)
+    for m, model in zip(members, predict.models(members, "cpu")):
+        with torch.inference_mode():
+            mean = model(x)[1].mean(0)
+        weights = load_file(m.file)
+        weights["f1.weight"], weights["f1.bias"] = 30 * weights["f1.weight"], 30 * (weights["f1.bias"] - mean)
+        save_file(weights, m.file)
+    return functools.cache(lambda precision: np.concatenate([r.probs for r in predict.predict(
+        members, setup, paths, 8000, workers=0, progress=False, precision=precision)]))
+
+
+@pytest.mark.parametrize("precision, tolerance", [("bf16", 0.03), ("int8", 0.05)])
+def test_bf16_and_int8_stay_near_fp32_on_a_model_whose_classes_are_separated(separated, precision, tolerance):
+    fp32, other = separated("fp32"), separated(precision)
+    assert fp32.max(1).mean() > 0.4 and len(set(fp32.argmax(1))) == 4  # the fixture's separation
+    assert not np.array_equal(other, fp32)  # it did run in that precision
+    assert np.abs(other - fp32).max() <= tolerance  # measured: bf16 0.009, int8 0.020
+    assert (other.argmax(1) == fp32.argmax(1)).mean() >= 0.95  # measured: 1.00 for both
+
+
+# fixtures/speech_pauses.wav (fixtures/make_speech_pauses.py): three sentences, in seconds, and the file's length
+SPEECH, DURATION = [(0.3, 1.432), (2.432, 3.29), (3.89, 5.051)], 5.5505625
+
+
+def test_vad_rows_cover_the_sentences_and_leave_out_the_pauses(run, classes, tmp_path):
+    out = tmp_path / "vad.jsonl"
+    threads = torch.get_num_threads()
+    assert predict.main(["--run", str(run), "--vad", "--segments", "--json", "--workers", "0", "--out", str(out),
+                         str(HERE / "fixtures" / "speech_pauses.wav")]) == 0
+    assert torch.get_num_threads() == threads  # importing silero_vad sets 1 thread for the whole process
+    found = json_rows(out.read_text())
+    segments = [(r["start"], r["end"]) for r in found]
+    assert segments and all(0 <= s < e <= DURATION + 1e-6 for s, e in segments), segments
+    covered = lambda a, b: sum(max(0.0, min(b, e) - max(a, s)) for s, e in segments)
+    for a, b in SPEECH:  # Silero may split a sentence at a comma: coverage, not a count of segments
+        assert covered(a, b) >= 0.8 * (b - a), f"sentence {a}-{b} not covered by {segments}"
+    pauses = [(0.0, SPEECH[0][0]), *((p[1], q[0]) for p, q in zip(SPEECH, SPEECH[1:])), (SPEECH[-1][1], DURATION)]
+    for a, b in pauses:  # 0.2 s off each end of a pause: the VAD's 30 ms padding and its frames of 32 ms
+        if b - a > 0.4:
+            assert covered(a + 0.2, b - 0.2) == 0, f"pause {a}-{b} classified as speech: {segments}"
+    for r in found:
+        assert abs(probs(r, classes).sum() - 1) < 1e-5 and r["seconds"] == pytest.approx(DURATION)
+
+
+needs_onnx = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")),
+                                reason=f"--onnx needs onnx and onnxruntime: {predict.ONNX_INSTALL}")
+
+
+@needs_onnx
+@pytest.mark.parametrize("padding", ["fixed", "dynamic"])
+def test_an_onnx_export_gives_the_probabilities_of_pytorch(run, inputs, padding, tmp_path):
+    """model.onnx run by onnxruntime alone on windows prepared as predict.py prepares them, against predict.py
+    on the same windows. dynamic: the run's models fed zero-padded batches with the mask (the second input)."""
+    import onnxruntime
+    members, setup = predict.load_run(run)
+    setup = dataclasses.replace(setup, padding=padding)
+    predict.export(members, setup, run, tmp_path, "fp32", onnx=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["onnx"]["inputs"] == ["waveforms", "attention_mask"][:1 + (padding == "dynamic")]
+    assert config["onnx"]["max_difference"] <= 1e-4  # the export's own check, on random windows
+    paths = [str(inputs / "a.wav"), str(inputs / "b.wav")]
+    expected = predict.predict(members, setup, paths, 8000, batch_size=64, workers=0, progress=False, precision="fp32")
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for k, rec in enumerate(expected):
+        waves = [torch.from_numpy(w) for w in predict.Recordings(paths, 8000, False)[k].waves]
+        x, mask = train.pad(waves, [len(w) for w in waves], padding, 8000)
+        feed = {"waveforms": x.numpy(), **({} if mask is None else {"attention_mask": mask.numpy()})}
+        got = session.run(None, feed)[0]
+        assert got.shape == rec.probs.shape and np.abs(got - rec.probs).max() <= 1e-4
+
+
+def test_shards_concatenated_are_the_table_of_one_process(run, inputs):
+    """Four files (a.wav, the list's two, broken.wav) in five shards: the first is empty, the last holds only
+    the unreadable file; each writes its part, the header once per shard."""
+    def table(*more):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            assert predict.main(["--run", str(run), "--precision", "fp32", "--workers", "0", *more,
+                                 str(inputs / "a.wav"), str(inputs / "list.txt"), str(inputs / "broken.wav")]) == 0
+        return out.getvalue().splitlines()
+    whole = table()
+    parts = [table("--shard", f"{k}/5") for k in range(1, 6)]
+    assert parts[0] == whole[:1] and parts[-1][1:] == whole[-1:] and "broken.wav" in whole[-1]
+    assert parts[0] + [row for part in parts for row in part[1:]] == whole
