@@ -275,6 +275,9 @@ def test_members_run_one_at_a_time_and_average_as_the_whole_ensemble_would(run, 
     members, setup = predict.load_run(six)
     assert len(members) == 6
     paths = [wav for wav, _ in test_wavs[:4]]
+    # each of the two models alone, in one chunk: the six members' mean must be the mean of the two
+    alone = [predict.predict([m], setup, paths, 8000, batch_size=4, workers=0, progress=False, precision="fp32")
+             for m in members[:2]]
     built, alive = [], []
 
     def count_alive(module, args):  # a model no longer referenced is freed at once (no reference cycles)
@@ -291,9 +294,6 @@ def test_members_run_one_at_a_time_and_average_as_the_whole_ensemble_would(run, 
     monkeypatch.setattr(predict, "CHUNK_BYTES", 3 * 4 * 8000 * 4)  # a chunk of windows every 3 batches of 4
     got = predict.predict(members, setup, paths, 8000, batch_size=4, workers=0, progress=False, precision="fp32")
     assert max(alive) == 1 and len(alive) > 6 * 3  # several chunks, each member over each of their batches
-    # each of the two models alone, over the same batches: the six members' mean is the mean of the two
-    alone = [predict.predict([m], setup, paths, 8000, batch_size=4, workers=0, progress=False, precision="fp32")
-             for m in members[:2]]
     for rec, a, b in zip(got, *alone, strict=True):
         assert len(rec.probs) == len(a.probs) > 1
         assert np.abs(rec.probs - (a.probs + b.probs) / 2).max() <= 1e-6
