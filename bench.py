@@ -1,7 +1,8 @@
-"""Training throughput of the suite against the authors' setup, measured side by side.
+"""Training throughput of the suite against the authors' setup, measured side by side; and the memory a run needs.
 
     python bench.py                    # GPU: HuBERT-Large (random init), batch 16; CPU: a reduced width, ~1 minute
     python bench.py --corpus DIR       # the data pipeline reads (or first writes) its synthetic replica in DIR
+    python bench.py --memory           # memory of a training step at the real size; what fits 12-80 GB (training_memory())
 
 Every variant trains on the same random batches with train.train_step, the step of the
 training loop: Eq. 1 and Eq. 3 on the device, forward, Eq. 4 + lambda * Eq. 5,
@@ -22,6 +23,8 @@ The last line is `speedup fast/authors: N.NNx on <device>`, for scripts to read.
 import argparse
 import dataclasses
 import gc
+import math
+import multiprocessing
 import time
 from functools import partial
 from pathlib import Path
@@ -57,6 +60,18 @@ SETTINGS = {
     "cpu": dict(model=REDUCED, layers=11, batch_size=8, steps=6, warmup=1, pipeline_batches=8, workers=2, per_speaker=40),
     "quick": dict(model={}, layers=3, batch_size=2, steps=2, warmup=1, pipeline_batches=3, workers=0, per_speaker=8),
 }
+# --memory, per device: the model, layer k, the padded length of every item (fixed padding), the micro-batches
+# measured with --grad-accum 1, and (batch, --grad-accum) pairs measured besides.
+MEMORY = {
+    "cuda": dict(model=LARGE, layers=22, max_len=100_000, micro=(1, 2, 4, 8, 16), accum=((16, 4), (16, 16))),
+    "cpu": dict(model=LARGE, layers=22, max_len=100_000, micro=(1, 2, 4), accum=((4, 4),)),
+    "quick": dict(model={}, layers=3, max_len=16_000, micro=(1, 2), accum=()),
+}
+PAPER_BATCH = 16  # the authors' batch (BACKGROUND.md, "Training"), reproduce.py's default
+GPU_SIZES = (12, 16, 24, 40, 80)  # GiB of common cards (nvidia-smi's MiB / 1024)
+# Added to a step's tensors: the CUDA context (~0.5 GiB), cuBLAS/cuDNN workspaces and the caching
+# allocator's slack (reserved but not allocated). Assumed, not measured.
+ALLOWANCE = 1.5
 # The paper's protocol per fold: 4 of 5 sessions of the 5531 utterances, 10% of them validate.
 TRAIN_UTTERANCES, VAL_UTTERANCES = (round(iemocap.PUBLISHED["total"] * 4 / 5 * share) for share in (0.9, 0.1))
 # Epochs a fold of reproduce.py runs, assumed: the learning rate shrinks by 0.8 per epoch
@@ -214,6 +229,108 @@ def pipeline_throughput(train_set, cfg, batches, workers, cache):
     return count / (time.perf_counter() - t0)
 
 
+def step_memory(width, layers, max_len, batch_size, grad_accum, precision, device):
+    """GiB at the peak of two training steps (train.train_step; the second holds Adam's states from the
+    first) of a fresh process, the model's weights included: CUDA max_memory_allocated, or on a CPU the
+    growth of the peak resident memory (VmHWM) since before the model was built."""
+    device = torch.device(device)
+    start = reset_peak_memory(device)
+    model = build("suite", width, layers, device)
+    center_loss = CenterLoss(len(iemocap.CLASSES), 64).to(device)
+    cfg = Config(batch_size=batch_size, grad_accum=grad_accum, precision=precision, max_len=max_len, padding="fixed")
+    rt = Runtime(device, precision)
+    opt = train.Optimisation(cfg, model, center_loss, rt, fused=device.type == "cuda")  # as train.fit
+    batch = train.collate_train(draw_items(batch_size, max_len), "fixed", max_len)
+    torch.manual_seed(1)  # dropout
+    for _ in range(2):
+        train.train_step(model, center_loss, opt, batch, cfg, rt)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return peak_memory(device, start)
+
+
+def in_fresh_process(device, *args):
+    """step_memory(*args, device) in a new process: memory an earlier measurement freed, and that the
+    allocator kept, would otherwise hide part of this one. fork is quick; CUDA needs spawn."""
+    context = multiprocessing.get_context("spawn" if device.type == "cuda" else "fork")
+    with context.Pool(1) as pool:
+        return pool.apply(step_memory, (*args, str(device)))
+
+
+def fit_line(points):
+    """Least-squares (a, b, largest residual) of GiB = a + b * micro-batch over (micro-batch, GiB) points."""
+    x, y = np.array(points, dtype=float).T
+    b, a = np.polyfit(x, y, 1)
+    return a, b, float(np.abs(a + b * x - y).max())
+
+
+def fits(need, size, batch=PAPER_BATCH):
+    """The smallest --grad-accum (1, 2, 4, ... batch) whose micro-batch ceil(batch / g) needs at most
+    `size` GiB with ALLOWANCE, as (g, micro-batch, GiB needed); None when not even a micro-batch of 1 does.
+    need: micro-batch -> GiB of the step's tensors."""
+    for g in (2 ** k for k in range(int(math.log2(batch)) + 1)):
+        micro = math.ceil(batch / g)
+        if need(micro) + ALLOWANCE <= size:
+            return g, micro, need(micro) + ALLOWANCE
+    return None
+
+
+def training_memory(args, device):
+    """--memory: the peak memory of a training step at the real size (HuBERT-Large, random init, layer 22,
+    every item padded to 100,000 samples as --padding fixed does) for micro-batches in fp32 and bf16
+    autocast, and with --grad-accum; a line per precision fitted over the micro-batches; what
+    reproduce.py --fold all with its defaults needs, and the --grad-accum that keeps batch 16 within
+    each of GPU_SIZES. On a CPU the figures estimate a GPU's (step_memory, and the printout says how)."""
+    settings = MEMORY["quick" if args.quick else device.type]
+    micro, accum = args.micro_batches or settings["micro"], settings["accum"]
+    config = tiny_config(**settings["model"])
+    gpu = device.type == "cuda"
+    print(f"device: {device_name(device)} | HuBERT (random init): hidden {config.hidden_size}, layer {settings['layers']} "
+          f"of {config.num_hidden_layers} taken, every item padded to {settings['max_len']} samples (--padding fixed)"
+          + ("" if settings["model"] is LARGE else " (--quick: a tiny model; the figures say nothing of Large)"))
+    if gpu:
+        print(f"measured on a GPU: torch.cuda.max_memory_allocated over two training steps of a fresh process "
+              f"(weights, gradients, Adam states, activations), + {ALLOWANCE} GiB for the CUDA context, library "
+              "workspaces and the caching allocator (assumed)")
+    else:
+        print(f"estimated from a CPU: growth of the peak resident memory (VmHWM) over two training steps of a fresh "
+              f"process. Weights, gradients, Adam states and activations are the same bytes on a GPU; the CUDA "
+              f"context, library workspaces and the caching allocator are not: + {ALLOWANCE} GiB for them (assumed)")
+    rows = [(p, m, 1) for p in ("fp32", "bf16") for m in micro] + [(p, b, g) for p in ("fp32", "bf16") for b, g in accum]
+    measured = {}
+    print("\n| precision | --batch-size | --grad-accum | micro-batch | GiB |\n|---|---|---|---|---|", flush=True)
+    for precision, batch, g in rows:
+        gib = in_fresh_process(device, settings["model"], settings["layers"], settings["max_len"], batch, g, precision)
+        if gib is None:
+            raise SystemExit("error: this system reports no peak memory (Linux's /proc/self/clear_refs on a CPU)")
+        measured[precision, batch, g] = gib
+        print(f"| {precision} | {batch} | {g} | {math.ceil(batch / g)} | {gib:.2f} |", flush=True)
+    lines = {p: fit_line([(m, measured[p, m, 1]) for m in micro]) for p in ("fp32", "bf16")}
+    print("\nfit over the micro-batches, per precision (GiB = a + b x micro-batch):")
+    for p, (a, b, worst) in lines.items():
+        print(f"  {p}: {a:.2f} + {b:.3f} x micro-batch (largest residual {worst:.2f} GiB)")
+
+    def need(precision):
+        a, b, _ = lines[precision]
+        return lambda m: measured.get((precision, m, 1), a + b * m)  # measured where it was, else the fit
+    how = "measured" if PAPER_BATCH in micro else f"the fit, from micro-batches {micro[0]}-{micro[-1]}"
+    print(f"\nreproduce.py --fold all with the defaults (batch {PAPER_BATCH}, fixed padding to 100,000 samples, "
+          f"22 layers): bf16 autocast (a GPU with bf16) {need('bf16')(PAPER_BATCH):.1f} GiB, fp32 (a GPU without) "
+          f"{need('fp32')(PAPER_BATCH):.1f} GiB ({how}), + {ALLOWANCE} GiB: "
+          f"{need('bf16')(PAPER_BATCH) + ALLOWANCE:.1f} and {need('fp32')(PAPER_BATCH) + ALLOWANCE:.1f} GiB")
+    print(f"\nthe paper's batch of {PAPER_BATCH} within a GPU's memory ({how}; + {ALLOWANCE} GiB):\n"
+          "| GPU memory | bf16 autocast | fp32 |\n|---|---|---|")
+    for size in GPU_SIZES:
+        cells = []
+        for p in ("bf16", "fp32"):
+            found = fits(need(p), size)
+            cells.append(f"does not fit ({need(p)(1) + ALLOWANCE:.1f} GiB at micro-batch 1)" if found is None else
+                         f"--grad-accum {found[0]} (micro-batch {found[1]}, {found[2]:.1f} GiB)" if found[0] > 1 else
+                         f"the defaults ({found[2]:.1f} GiB)")
+        print(f"| {size} GB | {' | '.join(cells)} |")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -225,8 +342,15 @@ def main(argv=None):
                    "one for a CPU: python synthetic.py DIR --utterances-per-speaker 553 --iemocap-lengths")
     p.add_argument("--compile", action="store_true",
                    help="also time the fast variant with its transformer layers under torch.compile")
+    p.add_argument("--memory", action="store_true", help="instead: the peak memory of a training step at the real "
+                   "size (HuBERT-Large, fixed padding) per micro-batch, fp32 and bf16, and the --grad-accum that keeps "
+                   "batch 16 within 12-80 GB (a GPU measures, a CPU estimates; minutes and ~10 GB on a CPU)")
+    p.add_argument("--micro-batches", type=int, nargs="+", metavar="N",
+                   help="--memory: the micro-batches measured (default: 1 2 4 8 16 on a GPU, 1 2 4 on a CPU)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.memory:
+        return training_memory(args, device)
     settings = SETTINGS["quick" if args.quick else device.type]
     for key in ("batch_size", "steps", "warmup", "layers", "workers"):
         setattr(args, key, settings[key] if getattr(args, key) is None else getattr(args, key))

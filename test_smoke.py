@@ -282,6 +282,29 @@ def test_bench_quick_runs_and_its_last_line_is_the_speedup(tmp_path):
     assert speedup == pytest.approx(audio["fast"] / audio["authors"], abs=0.01 + 0.01 * speedup)  # up to the table's rounding
 
 
+def test_the_grad_accum_that_fits_is_the_smallest_whose_micro_batch_fits_with_the_allowance():
+    need = lambda micro: 5.0 + micro  # GiB of a step's tensors at a micro-batch; ALLOWANCE 1.5 on top
+    assert bench.fits(need, 24) == (1, 16, 22.5)
+    assert bench.fits(need, 12) == (4, 4, 10.5)
+    assert bench.fits(need, 10) == (8, 2, 8.5)  # micro-batch 4 needs 9 + 1.5
+    assert bench.fits(need, 6) is None  # 6 + 1.5 at micro-batch 1
+    a, b, worst = bench.fit_line([(1, 6.0), (2, 7.5), (4, 10.5)])
+    assert (round(a, 6), round(b, 6), round(worst, 6)) == (4.5, 1.5, 0.0)
+
+
+def test_bench_memory_quick_says_how_it_measured_and_what_fits(tmp_path):
+    done = cli("bench.py", "--memory", "--quick", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "estimated from a CPU: growth of the peak resident memory" in out and "+ 1.5 GiB" in out
+    rows = re.findall(r"^\| (fp32|bf16) \| (\d+) \| (\d+) \| (\d+) \| (\d+\.\d\d) \|$", out, re.M)
+    assert [r[:4] for r in rows] == [(p, m, "1", m) for p in ("fp32", "bf16") for m in ("1", "2")]
+    assert all(float(r[4]) > 0 for r in rows)  # the weights at least
+    assert "reproduce.py --fold all with the defaults (batch 16" in out
+    assert [line.split(" | ")[0] for line in out.splitlines() if line.endswith(" |") and " GB | " in line] == [
+        f"| {size} GB" for size in bench.GPU_SIZES]
+
+
 def test_authors_model_and_suite_model_of_the_bench_compute_the_same_logits_on_the_same_weights():
     authors = bench.build("authors", {}, 3, CPU).eval()  # all 4 layers run, hidden_states[3] taken
     suite = bench.build("suite", {}, 3, CPU).eval()  # 3 layers
