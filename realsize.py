@@ -1,0 +1,144 @@
+"""predict.py at the real size, on HuBERT-Large-shaped models with random weights: no download, one command.
+
+    python realsize.py checkpoint DIR      # a random checkpoint shaped as facebook/hubert-large-ll60k (~1.2 GB, ~10 s)
+    python realsize.py predict DIR         # run folders of 2 and 25 such jobs, then predict.py on them (minutes)
+
+`predict` writes, once, in DIR: checkpoint/ (as above), best.safetensors (a SERModel of that checkpoint cut
+to 22 layers, random f0/f1), run2/ and run25/ (run folders whose jobs, fold1-5 x seed0-4, all point to that
+file by hard links: 1.2 GB of disk whatever the count; predict.py reads each member's file anew) and
+speech.wav (fixtures/speech_pauses.wav repeated to --seconds). It then runs predict.py on speech.wav
+as a user would, one process per line: 2 members in fp32, bf16 autocast (where the device has bf16) and
+--int8 (a CPU), 25 members in the default precision, and prints per line the audio seconds per second,
+the process's peak resident memory (the GPU's memory is not in it) and the largest change of a window's
+probability against fp32 with the same members. docs/performance.md holds the figures.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+HERE = Path(__file__).parent
+# facebook/hubert-large-ll60k's architecture (its config.json): transformers.HubertConfig fields
+LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+             conv_dim=(512,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+             feat_extract_norm="layer", do_stable_layer_norm=True, num_conv_pos_embeddings=128,
+             num_conv_pos_embedding_groups=16, conv_bias=True)
+
+
+def checkpoint(folder):
+    """A HubertModel of LARGE with random weights (seeded), saved as from_pretrained reads it."""
+    from transformers import HubertConfig, HubertModel
+    torch.manual_seed(0)
+    HubertModel(HubertConfig(**LARGE)).save_pretrained(folder)
+    return Path(folder)
+
+
+def run_folder(folder, weights, spec, members):
+    """A run folder of `members` finished jobs (fold 1-5 for seed 0, then seed 1, ...), each with model.json,
+    metrics.json (no scores) and best.safetensors, a hard link to `weights`."""
+    from iemocap import CLASSES
+    for k in range(members):
+        fold, seed = str(k % 5 + 1), k // 5
+        job = Path(folder) / f"fold{fold}" / f"seed{seed}"
+        job.mkdir(parents=True, exist_ok=True)
+        (job / "model.json").write_text(json.dumps(dict(model=spec, classes=list(CLASSES), sample_rate=16_000,
+                                                        max_len=100_000, padding="fixed", fold=fold, seed=seed)))
+        (job / "metrics.json").write_text(json.dumps(dict(fold=fold, seed=seed, wa=None, ua=None, n_test=None)))
+        if not (job / "best.safetensors").exists():
+            os.link(weights, job / "best.safetensors")
+
+
+def prepare(folder, seconds):
+    """checkpoint/, best.safetensors, run2/, run25/ and speech.wav in folder, those missing."""
+    from safetensors.torch import save_file
+
+    from model import SERModel, load_backbone
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "checkpoint" / "config.json").exists():
+        t0 = time.perf_counter()
+        checkpoint(folder / "checkpoint")
+        print(f"checkpoint/: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if not (folder / "spec.json").exists():
+        torch.manual_seed(1)
+        model = SERModel(load_backbone(str(folder / "checkpoint")), layers=22)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "best.safetensors")
+        (folder / "spec.json").write_text(json.dumps(model.spec()))
+    spec = json.loads((folder / "spec.json").read_text())
+    for members in (2, 25):
+        run_folder(folder / f"run{members}", folder / "best.safetensors", spec, members)
+    x, rate = sf.read(HERE / "fixtures" / "speech_pauses.wav", dtype="float32")
+    sf.write(folder / "speech.wav", np.resize(x, round(seconds * rate)), rate, subtype="PCM_16")
+
+
+def predict(run, audio, flags, device):
+    """predict.py in its own process: (window probabilities (windows, classes), audio-s/s, peak RSS in GiB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "out.jsonl", Path(tmp) / "err.txt"
+        command = [sys.executable, str(HERE / "predict.py"), "--run", str(run), "--segments", "--json", "--out",
+                   str(out), *flags, *(["--device", device] if device else []), str(audio)]
+        with open(err, "w") as stderr:
+            process = subprocess.Popen(command, stderr=stderr)
+            _, status, usage = os.wait4(process.pid, 0)  # its own rusage: the peak resident memory
+            process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            raise SystemExit(f"error: {' '.join(command)} failed:\n{err.read_text()[-2000:]}")
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        speed = float(re.findall(r"([\d.]+) audio-s/s", err.read_text())[-1])
+    probs = np.array([[v for k, v in r.items() if k.startswith("p_")] for r in rows])
+    return probs, speed, usage.ru_maxrss * 1024 / 2 ** 30  # ru_maxrss: kB on Linux
+
+
+def measure(folder, device, members):
+    folder = Path(folder)
+    cuda = device.startswith("cuda") or (not device and torch.cuda.is_available())
+    bf16 = torch.cuda.is_bf16_supported() if cuda else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    lines = [(2, "fp32", ["--precision", "fp32"])]
+    lines += [(2, "bf16", ["--precision", "bf16"])] if bf16 else []
+    lines += [] if cuda else [(2, "int8", ["--int8"])]
+    lines += [(n, "fp32", ["--precision", "fp32"]) for n in members if n != 2]
+    lines += [(n, "bf16", ["--precision", "bf16"]) for n in members if n != 2 and bf16]
+    seconds = sf.info(str(folder / "speech.wav")).duration
+    print(f"predict.py on {seconds:.1f} s of speech (speech.wav, 6.25 s windows every 3.125 s, fixed padding), "
+          f"HuBERT-Large cut to 22 layers, random weights; {'a GPU' if cuda else f'{torch.get_num_threads()} threads'}")
+    print("\n| members | precision | audio-s/s | peak RSS (GiB) | largest change of a probability vs fp32 | "
+          "windows of the same emotion |\n|---|---|---|---|---|---|", flush=True)
+    reference = {}
+    for n, name, flags in lines:
+        probs, speed, peak = predict(folder / f"run{n}", folder / "speech.wav", ["--batch-size", "4", *flags], device)
+        reference.setdefault(n, probs)
+        change = np.abs(probs - reference[n]).max()
+        same = (probs.argmax(1) == reference[n].argmax(1)).mean()
+        print(f"| {n} | {name} | {speed:.2f} | {peak:.2f} | "
+              + ("(reference)" if name == "fp32" else f"{change:.1e}") + f" | {100 * same:.0f} % |", flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["checkpoint", "predict"])
+    p.add_argument("folder")
+    p.add_argument("--seconds", type=float, default=25.0, help="predict: seconds of speech (default: 25)")
+    p.add_argument("--members", type=int, nargs="+", default=[2, 25], choices=[2, 25],
+                   help="predict: ensembles timed (default: 2 25)")
+    p.add_argument("--device", default="", help="predict: passed to predict.py (default: cuda when present)")
+    args = p.parse_args(argv)
+    if args.what == "checkpoint":
+        checkpoint(args.folder)
+        return 0
+    prepare(args.folder, args.seconds)
+    measure(args.folder, args.device, args.members)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
