@@ -341,8 +341,9 @@ def speech(x):
     slower on such a small model) and its model keeps state, so each process loads its own."""
     if not _VAD:
         threads = torch.get_num_threads()
-        with warnings.catch_warnings():  # its TorchScript file: "torch.jit.load is deprecated" on recent torch
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated" (its TorchScript file), "path is deprecated"
             warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="path is deprecated", category=DeprecationWarning)
             from silero_vad import get_speech_timestamps, load_silero_vad
             _VAD["vad"] = load_silero_vad(), get_speech_timestamps
         torch.set_num_threads(threads)  # importing silero_vad sets torch's threads to 1 for the whole process
@@ -645,6 +646,9 @@ def export_onnx(members, setup, folder, weights):
         mask[-1, length * 2 // 3:] = 0
         return x * mask, mask
 
+    checks = [example(2, window, 1), example(3, max(window * 3 // 4 + 1, MIN_SAMPLES), 2)]  # two lengths
+    with torch.inference_mode():
+        expected = [ensemble(*args).numpy() for args in checks]
     kw = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}  # torch < 2.5: none
     tmp = Path(tempfile.mkdtemp(prefix=".onnx-", dir=folder))
     try:
@@ -659,6 +663,7 @@ def export_onnx(members, setup, folder, weights):
                               dynamic_axes={**{n: {0: "batch", 1: "length"} for n in names},
                                             "probabilities": {0: "batch"}}, **kw)
         assert not any(m.training for m in ensemble.modules()), "the exporter left a module in training mode"
+        del ensemble, nets  # memory for what follows: every member is in the graph once more
         graph = onnx.load(str(tmp / "traced.onnx"))  # a graph over 2 GB comes with its tensors in files beside it
         (tmp / "out").mkdir()
         onnx.save_model(graph, str(tmp / "out" / "model.onnx"), save_as_external_data=True,
@@ -672,14 +677,9 @@ def export_onnx(members, setup, folder, weights):
             p.rmdir() if p.is_dir() else p.unlink()
         tmp.rmdir()
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    diff, shapes = 0.0, []
-    for batch, length, seed in ((2, window, 1), (3, max(window * 3 // 4 + 1, MIN_SAMPLES), 2)):
-        args = example(batch, length, seed)
-        with torch.inference_mode():
-            expected = ensemble(*args).numpy()
-        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
-        diff = max(diff, float(np.abs(got - expected).max()))
-        shapes.append(f"{batch} x {length}")
+    diff = max(float(np.abs(session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0] - p).max())
+               for args, p in zip(checks, expected))
+    shapes = [" x ".join(map(str, args[0].shape)) for args in checks]
     if not diff <= ONNX_TOLERANCE:
         raise UserError(f"--onnx: onnxruntime {onnxruntime.__version__} differs from torch by {diff:.1e} "
                         f"(> {ONNX_TOLERANCE:.0e}) on windows of {' and '.join(shapes)}: model.onnx is not to be used")

@@ -3,9 +3,11 @@
     python realsize.py checkpoint DIR      # a random checkpoint shaped as facebook/hubert-large-ll60k (~1.2 GB, ~10 s)
     python realsize.py predict DIR         # run folders of 2 and 25 such jobs, then predict.py on them (minutes)
 
-`predict` writes, once, in DIR: checkpoint/ (as above), best.safetensors (a SERModel of that checkpoint cut
-to 22 layers, random f0/f1), run2/ and run25/ (run folders whose jobs, fold1-5 x seed0-4, all point to that
-file by hard links: 1.2 GB of disk whatever the count; predict.py reads each member's file anew) and
+`predict` writes, once, in DIR: checkpoint/ (as above), best0.safetensors and best1.safetensors (two
+SERModels of that checkpoint cut to 22 layers, each with its own random f0/f1 and its own noise on the
+backbone's weights, as fine-tuning would leave them: no tensor is shared), run2/ and run25/ (run
+folders whose jobs, fold1-5 x seed0-4, point to those two files in turn by hard links: 2.4 GB of disk
+whatever the count; predict.py reads each member's file anew; their scores are 0) and
 speech.wav (fixtures/speech_pauses.wav repeated to --seconds). It then runs predict.py on speech.wav
 as a user would, one process per line: 2 members in fp32, bf16 autocast (where the device has bf16) and
 --int8 (a CPU), 25 members in the default precision, and prints per line the audio seconds per second,
@@ -44,7 +46,7 @@ def checkpoint(folder):
 
 def run_folder(folder, weights, spec, members):
     """A run folder of `members` finished jobs (fold 1-5 for seed 0, then seed 1, ...), each with model.json,
-    metrics.json (no scores) and best.safetensors, a hard link to `weights`."""
+    metrics.json (scores 0: random weights) and best.safetensors, a hard link to one of `weights` in turn."""
     from iemocap import CLASSES
     for k in range(members):
         fold, seed = str(k % 5 + 1), k // 5
@@ -52,13 +54,13 @@ def run_folder(folder, weights, spec, members):
         job.mkdir(parents=True, exist_ok=True)
         (job / "model.json").write_text(json.dumps(dict(model=spec, classes=list(CLASSES), sample_rate=16_000,
                                                         max_len=100_000, padding="fixed", fold=fold, seed=seed)))
-        (job / "metrics.json").write_text(json.dumps(dict(fold=fold, seed=seed, wa=None, ua=None, n_test=None)))
+        (job / "metrics.json").write_text(json.dumps(dict(fold=fold, seed=seed, wa=0.0, ua=0.0, n_test=0)))
         if not (job / "best.safetensors").exists():
-            os.link(weights, job / "best.safetensors")
+            os.link(weights[k % len(weights)], job / "best.safetensors")
 
 
 def prepare(folder, seconds):
-    """checkpoint/, best.safetensors, run2/, run25/ and speech.wav in folder, those missing."""
+    """checkpoint/, best0.safetensors, best1.safetensors, run2/, run25/ and speech.wav in folder, those missing."""
     from safetensors.torch import save_file
 
     from model import SERModel, load_backbone
@@ -68,14 +70,19 @@ def prepare(folder, seconds):
         t0 = time.perf_counter()
         checkpoint(folder / "checkpoint")
         print(f"checkpoint/: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    weights = [folder / f"best{k}.safetensors" for k in range(2)]
     if not (folder / "spec.json").exists():
-        torch.manual_seed(1)
-        model = SERModel(load_backbone(str(folder / "checkpoint")), layers=22)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "best.safetensors")
+        for k, path in enumerate(weights):
+            torch.manual_seed(k)  # f0, f1, the noise
+            model = SERModel(load_backbone(str(folder / "checkpoint")), layers=22)
+            with torch.no_grad():
+                for p in model.backbone.parameters():
+                    p.add_(torch.randn_like(p), alpha=1e-3)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
         (folder / "spec.json").write_text(json.dumps(model.spec()))
     spec = json.loads((folder / "spec.json").read_text())
     for members in (2, 25):
-        run_folder(folder / f"run{members}", folder / "best.safetensors", spec, members)
+        run_folder(folder / f"run{members}", weights, spec, members)
     x, rate = sf.read(HERE / "fixtures" / "speech_pauses.wav", dtype="float32")
     sf.write(folder / "speech.wav", np.resize(x, round(seconds * rate)), rate, subtype="PCM_16")
 
