@@ -267,11 +267,11 @@ def fit_line(points):
 def fits(need, size, batch=PAPER_BATCH):
     """The smallest --grad-accum (1, 2, 4, ... batch) whose micro-batch ceil(batch / g) needs at most
     `size` GiB with ALLOWANCE, as (g, micro-batch, GiB needed); None when not even a micro-batch of 1 does.
-    need: micro-batch -> GiB of the step's tensors."""
+    need: (micro-batch, --grad-accum) -> GiB of the step's tensors."""
     for g in (2 ** k for k in range(int(math.log2(batch)) + 1)):
         micro = math.ceil(batch / g)
-        if need(micro) + ALLOWANCE <= size:
-            return g, micro, need(micro) + ALLOWANCE
+        if need(micro, g) + ALLOWANCE <= size:
+            return g, micro, need(micro, g) + ALLOWANCE
     return None
 
 
@@ -305,6 +305,15 @@ def training_memory(args, device):
             raise SystemExit("error: this system reports no peak memory (Linux's /proc/self/clear_refs on a CPU)")
         measured[precision, batch, g] = gib
         print(f"| {precision} | {batch} | {g} | {math.ceil(batch / g)} | {gib:.2f} |", flush=True)
+    summarise_memory(measured, micro)
+    return 0
+
+
+def summarise_memory(measured, micro):
+    """The fitted lines, the default command's need and the table of GPU sizes, from the measured
+    {(precision, batch, grad_accum): GiB}. With --grad-accum above 1 a step holds the gradients of the
+    micro-batches done while the next one's activations are alive: the measured excess of such a row over
+    its micro-batch without accumulation is added to every --grad-accum above 1."""
     lines = {p: fit_line([(m, measured[p, m, 1]) for m in micro]) for p in ("fp32", "bf16")}
     print("\nfit over the micro-batches, per precision (GiB = a + b x micro-batch):")
     for p, (a, b, worst) in lines.items():
@@ -312,7 +321,14 @@ def training_memory(args, device):
 
     def need(precision):
         a, b, _ = lines[precision]
-        return lambda m: measured.get((precision, m, 1), a + b * m)  # measured where it was, else the fit
+        alone = lambda m: measured.get((precision, m, 1), a + b * m)  # measured where it was, else the fit
+        extra = max([gib - alone(math.ceil(n / g)) for (p, n, g), gib in measured.items() if p == precision and g > 1],
+                    default=0.0)
+        return lambda m, g=1: alone(m) + (max(extra, 0.0) if g > 1 else 0.0)
+    for p in ("fp32", "bf16"):
+        if any(k[0] == p and k[2] > 1 for k in measured):
+            print(f"  --grad-accum above 1, {p}: + {need(p)(1, 2) - need(p)(1):.2f} GiB (measured) for the gradients "
+                  "held across micro-batches")
     how = "measured" if PAPER_BATCH in micro else f"the fit, from micro-batches {micro[0]}-{micro[-1]}"
     print(f"\nreproduce.py --fold all with the defaults (batch {PAPER_BATCH}, fixed padding to 100,000 samples, "
           f"22 layers): bf16 autocast (a GPU with bf16) {need('bf16')(PAPER_BATCH):.1f} GiB, fp32 (a GPU without) "
@@ -324,11 +340,10 @@ def training_memory(args, device):
         cells = []
         for p in ("bf16", "fp32"):
             found = fits(need(p), size)
-            cells.append(f"does not fit ({need(p)(1) + ALLOWANCE:.1f} GiB at micro-batch 1)" if found is None else
-                         f"--grad-accum {found[0]} (micro-batch {found[1]}, {found[2]:.1f} GiB)" if found[0] > 1 else
-                         f"the defaults ({found[2]:.1f} GiB)")
+            cells.append(f"does not fit ({need(p)(1, PAPER_BATCH) + ALLOWANCE:.1f} GiB at micro-batch 1)" if found is None
+                         else f"--grad-accum {found[0]} (micro-batch {found[1]}, {found[2]:.1f} GiB)" if found[0] > 1
+                         else f"the defaults ({found[2]:.1f} GiB)")
         print(f"| {size} GB | {' | '.join(cells)} |")
-    return 0
 
 
 def main(argv=None):
