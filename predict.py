@@ -71,7 +71,8 @@ POOL = 4  # decoded windows are sorted by length in pools of this many batches (
 # Padded windows held at once: the members run over this much input in turn before more is decoded
 # (HuBERT-Large's 6.25 s windows: ~670 of them), so memory stays bounded however many files are given.
 CHUNK_BYTES = 256 * 2 ** 20
-PRECISIONS = {"fp32": "fp32", "bf16": "bf16 autocast", "int8": "int8 Linear layers (dynamic quantization), the rest fp32"}
+PRECISIONS = {"fp32": "fp32", "bf16": "bf16 autocast",
+              "int8": "int8 Linear layers (dynamic quantization), the rest fp32"}
 ONNX_INSTALL = "pip install -r requirements-onnx.txt (onnx and onnxruntime)"
 ONNX_TOLERANCE = 1e-4  # largest |onnxruntime - torch| of a class probability accepted after --onnx
 ONNX_OPSET = 17
@@ -109,8 +110,9 @@ def parser():
                      "(config.json, model.safetensors, README.md model card) and exit")
     out.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                      help="--export: weights stored in this type (bf16: half the size; loaded back as fp32)")
-    out.add_argument("--onnx", action="store_true", help="--export: also model.onnx (+ model.onnx.data), the ensemble "
-                     f"as one ONNX graph (windows in, mean probabilities out), checked with onnxruntime; needs {ONNX_INSTALL}")
+    out.add_argument("--onnx", action="store_true", help="--export: also model.onnx (+ model.onnx.data), the "
+                     "ensemble as one ONNX graph (windows in, mean probabilities out), checked with onnxruntime; "
+                     f"needs {ONNX_INSTALL}")
     run = p.add_argument_group("how it runs")
     run.add_argument("--device", default="", metavar="DEV", help="cuda, cpu, ... (default: cuda when present)")
     run.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -429,7 +431,8 @@ def resolve(device, precision="auto", int8=False):
             raise UserError(f"--int8: torch's dynamic quantization runs on a CPU, not on {device.type}; "
                             "a GPU computes in bf16 (--precision bf16)")
         if precision == "bf16":
-            raise UserError("--int8 computes the Linear layers in int8 and the rest in fp32: give it no --precision bf16")
+            raise UserError("--int8 computes the Linear layers in int8 and the rest in fp32: "
+                            "give it no --precision bf16")
         return device, "int8"
     if precision == "auto":
         bf16 = (torch.cuda.is_bf16_supported() if device.type == "cuda" else
@@ -511,7 +514,8 @@ def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=
 
 
 def columns(classes, segments):
-    return ["path", *(["start", "end"] if segments else []), "emotion", *(f"p_{c}" for c in classes), "seconds", "error"]
+    return ["path", *(["start", "end"] if segments else []), "emotion", *(f"p_{c}" for c in classes), "seconds",
+            "error"]
 
 
 def rows(recordings, setup, segments):

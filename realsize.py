@@ -9,10 +9,11 @@ backbone's weights, as fine-tuning would leave them: no tensor is shared), run2/
 folders whose jobs, fold1-5 x seed0-4, point to those two files in turn by hard links: 2.4 GB of disk
 whatever the count; predict.py reads each member's file anew; their scores are 0) and
 speech.wav (fixtures/speech_pauses.wav repeated to --seconds). It then runs predict.py on speech.wav
-as a user would, one process per line: 2 members in fp32, bf16 autocast (where the device has bf16) and
---int8 (a CPU), 25 members in the default precision, and prints per line the audio seconds per second,
-the process's peak resident memory (the GPU's memory is not in it) and the largest change of a window's
-probability against fp32 with the same members. docs/performance.md holds the figures.
+as a user would, one process per line: 2 and 25 members in fp32 and bf16 autocast (where the device has
+bf16), 2 with --int8 (a CPU), and prints per line the audio seconds per second, the process's peak
+resident memory (the GPU's memory is not in it) and the largest change of a window's probability against
+fp32 with the same members. Last, one forward pass of a member on 4 windows per precision, timed alone.
+docs/performance.md holds the figures.
 """
 import argparse
 import json
@@ -129,6 +130,33 @@ def measure(folder, device, members):
               + ("(reference)" if name == "fp32" else f"{change:.1e}") + f" | {100 * same:.0f} % |", flush=True)
 
 
+def forward_times(folder, device, repeats=3):
+    """{precision: seconds} of one forward pass of a member on 4 windows of 6.25 s (the best of `repeats`):
+    the model's own speed, without what predict.py pays per member (reading, building, quantizing)."""
+    import predict
+    import train
+    members, _ = predict.load_run(Path(folder) / "run2")
+    device, _ = predict.resolve(device)
+    x = torch.randn(4, 100_000, generator=torch.Generator().manual_seed(0)).to(device)
+    model = next(predict.models(members[:1], device))
+    times = {}
+    for precision in ("fp32", "bf16", "int8"):
+        if precision == "int8" and device.type != "cpu":
+            continue
+        net = predict.quantize(model) if precision == "int8" else model
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(repeats + 1):  # the first: warm-up
+                t0 = time.perf_counter()
+                with train.autocast(precision, device):
+                    net(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                best = min(best, time.perf_counter() - t0) if _ else best
+        times[precision] = best
+    return times
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +172,9 @@ def main(argv=None):
         return 0
     prepare(args.folder, args.seconds)
     measure(args.folder, args.device, args.members)
+    times = forward_times(args.folder, args.device)
+    print("\none forward pass of a member on 4 windows of 6.25 s (best of 3): "
+          + ", ".join(f"{p} {t:.2f} s ({times['fp32'] / t:.2f}x)" for p, t in times.items()))
     return 0
 
 
