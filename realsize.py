@@ -101,9 +101,9 @@ def predict(run, audio, flags, device):
         if process.returncode:
             raise SystemExit(f"error: {' '.join(command)} failed:\n{err.read_text()[-2000:]}")
         rows = [json.loads(line) for line in out.read_text().splitlines()]
-        speed = float(re.findall(r"([\d.]+) audio-s/s", err.read_text())[-1])
+        heard, seconds = map(float, re.findall(r"([\d.]+) s of audio in ([\d.]+) s", err.read_text())[-1])
     probs = np.array([[v for k, v in r.items() if k.startswith("p_")] for r in rows])
-    return probs, speed, usage.ru_maxrss * 1024 / 2 ** 30  # ru_maxrss: kB on Linux
+    return probs, heard / seconds, usage.ru_maxrss * 1024 / 2 ** 30  # ru_maxrss: kB on Linux
 
 
 def measure(folder, device, members):
@@ -126,7 +126,7 @@ def measure(folder, device, members):
         reference.setdefault(n, probs)
         change = np.abs(probs - reference[n]).max()
         same = (probs.argmax(1) == reference[n].argmax(1)).mean()
-        print(f"| {n} | {name} | {speed:.2f} | {peak:.2f} | "
+        print(f"| {n} | {name} | {speed:.3f} | {peak:.2f} | "
               + ("(reference)" if name == "fp32" else f"{change:.1e}") + f" | {100 * same:.0f} % |", flush=True)
 
 
