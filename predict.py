@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 import audio
 import runs
+import util
 import train
 from corpus import fold_key, read_split
 from model import model_from_spec
@@ -131,19 +132,39 @@ def parser():
 # ---------------------------------------------------------------------------- files read
 
 
-def read_json(path):
+# What to do with a damaged file, by where it comes from: every file predict.py reads goes through
+# util.read_back, which names the file and what is wrong with it in one line.
+RETRAIN = ("leave that job out with --fold/--seed, or delete its folder and train it again with reproduce.py --resume "
+           "--out and the run folder")
+REEXPORT = "export the model again with predict.py --run RUN --export DIR"
+
+
+def read_json(path, advice, keys=()):
     """model.json, metrics.json, a run's or an export's config.json."""
-    return json.loads(Path(path).read_text())
+    return util.read_json(path, advice, keys)
 
 
-def read_weights(path, prefix=""):
+def read_weights(path, advice, prefix=""):
     """The tensors of a safetensors file whose names start with prefix, the prefix removed, floats as fp32
     (a bf16 export comes back as fp32). A run's center_loss.* entries (the class centers of Eq. 5, not model
     weights) are left out. Only these tensors are read: one member of an export's many."""
-    with safe_open(str(path), framework="pt") as f:
-        names = [k for k in f.keys() if k.startswith(prefix) and not k.startswith(prefix + "center_loss.")]
-        tensors = {k[len(prefix):]: f.get_tensor(k) for k in names}
-    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}  # fp32 stays itself
+    def load(path):
+        with safe_open(str(path), framework="pt") as f:
+            names = [k for k in f.keys() if k.startswith(prefix) and not k.startswith(prefix + "center_loss.")]
+            if not names:
+                raise ValueError(f"no tensor {prefix}* in it")
+            tensors = {k[len(prefix):]: f.get_tensor(k) for k in names}
+        return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}  # fp32 stays itself
+    return util.read_back(path, load, advice)
+
+
+def check_weights(path, advice):
+    """A safetensors file's header and size agree (a file cut short does not): checked before any audio
+    is decoded, without reading the tensors."""
+    def load(path):
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    util.read_back(path, load, advice)
 
 
 # ---------------------------------------------------------------------------- models
@@ -166,8 +187,12 @@ class Member:
     def name(self):
         return f"fold{self.fold}/seed{self.seed}"
 
+    @property
+    def advice(self):
+        return REEXPORT if self.prefix else RETRAIN
+
     def weights(self):
-        return read_weights(self.file, self.prefix)
+        return read_weights(self.file, self.advice, self.prefix)
 
 
 @dataclass
@@ -188,7 +213,8 @@ def models(members, device, int8=False):
         if m.spec != spec:
             model = None  # the previous architecture's model is freed before the next is built
             model, spec = model_from_spec(m.spec).eval().to(device), m.spec
-        model.load_state_dict(m.weights())
+        weights = m.weights()
+        util.read_back(m.file, lambda path: model.load_state_dict(weights), m.advice)  # another architecture's: damaged
         yield quantize(model) if int8 else model
 
 
@@ -239,7 +265,9 @@ def load_run(run, fold=None, seed=None):
                         "model.json and best.safetensors)")
     members, setups = [], set()
     for f, s, d in select(finished, fold, seed, str(run)):
-        info, metrics = read_json(d / "model.json"), read_json(d / "metrics.json")
+        info = read_json(d / "model.json", RETRAIN, keys=("model", "classes", "max_len", "padding", "sample_rate"))
+        metrics = read_json(d / "metrics.json", RETRAIN, keys=("wa", "ua"))
+        check_weights(d / "best.safetensors", RETRAIN)
         members.append(Member(f, s, info["model"], d / "best.safetensors", "", metrics["wa"], metrics["ua"],
                               metrics.get("n_test")))
         setups.add((tuple(info["classes"]), info["max_len"], info["padding"], info["sample_rate"]))
@@ -256,7 +284,9 @@ def load_export(folder, fold=None, seed=None):
     if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
         raise UserError(f"--model {folder}: not a folder written by predict.py --export (config.json and "
                         "model.safetensors)")
-    config = read_json(folder / "config.json")
+    config = read_json(folder / "config.json", REEXPORT,
+                       keys=("members", "model", "classes", "window", "padding", "sample_rate"))
+    check_weights(folder / "model.safetensors", REEXPORT)
     jobs = [(m["fold"], m["seed"], m) for m in config["members"]]
     members = [Member(f, s, config["model"], folder / "model.safetensors", f"fold{f}.seed{s}.", m["wa"], m["ua"],
                       m["n_test"]) for f, s, m in select(jobs, fold, seed, str(folder))]
@@ -268,7 +298,11 @@ def load_export(folder, fold=None, seed=None):
 
 def expand(inputs):
     """Paths to predict, in the order given: a folder becomes its audio files (recursively, sorted),
-    a list file its lines; a path that does not exist stays, to get its error row."""
+    a list file its lines. An input that does not exist is named at once, before anything is read;
+    it keeps its place, to get its error row, unless no input exists at all (then one line, exit 2)."""
+    missing = [arg for arg in inputs if not os.path.exists(arg)]
+    if missing and len(missing) == len(inputs):
+        raise UserError(f"no such file or folder: {', '.join(missing)}")
     paths = []
     for arg in inputs:
         p = Path(arg)
@@ -287,6 +321,9 @@ def expand(inputs):
 
 
 def expand_one(arg):
+    if not os.path.exists(arg):
+        warn(missing(arg))  # named now, before anything is read; its row says so too
+        return [arg]
     if not os.path.isdir(arg):
         return [arg]
     found = sorted(str(p.relative_to(arg)) for p in Path(arg).rglob("*")
@@ -307,6 +344,10 @@ def parse_shard(text):
 def shard(paths, k, n):
     """The k-th (1-based) of n contiguous parts of paths, as equal as can be: parts 1..n in turn are the list."""
     return paths[(k - 1) * len(paths) // n:k * len(paths) // n]
+
+
+def missing(path):
+    return f"no such file or folder: {path}"
 
 
 def warn(message):
@@ -386,7 +427,7 @@ class Recordings(Dataset):
     def __getitem__(self, i):
         path = self.paths[i]
         if not os.path.isfile(path):
-            return Recording(i, path, error=f"{path}: no such file")
+            return Recording(i, path, error=missing(path))
         try:
             x = audio.load_audio(path)
         except CorpusError as e:
@@ -491,7 +532,8 @@ def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=
     pending = []
     for rec in tqdm(loader, total=len(paths), unit="file", desc="decoding", **bar):
         if rec.error:
-            warn(rec.error)
+            if rec.error != missing(rec.path):  # a missing file was named by expand()
+                warn(rec.error)
         elif rec.samples < MIN_SAMPLES:
             warn(f"{rec.path} has {rec.samples} samples (< {MIN_SAMPLES}, HuBERT's receptive field): zero-padded")
         pending += [(rec.index, k, torch.from_numpy(w)) for k, w in enumerate(rec.waves)]
@@ -698,7 +740,7 @@ def export_onnx(members, setup, folder, weights):
 def model_card(members, setup, spec, run, folder, dtype, onnx=None):
     """README.md of an export: what it is, how to call it, what it computes, the members' test
     scores (metrics.json), the corpus and the settings of the run (config.json)."""
-    saved = read_json(run / "config.json") if (run / "config.json").exists() else {}
+    saved = runs.read_config(run / "config.json") if (run / "config.json").exists() else {}
     settings, corpus, env = known(saved.get("config", {})), saved.get("corpus", {}), saved.get("environment", {})
     rate, window, backbone = setup.sample_rate, setup.max_len, spec["backbone_config"]
     commit = f" (git commit {env['git_commit'][:10]})" if env.get("git_commit") else ""
@@ -775,12 +817,12 @@ def model_card(members, setup, spec, run, folder, dtype, onnx=None):
 def bench_paths(run, members, n):
     """The first n test utterances of the members' folds (split/test.txt), as wav paths of the run's corpus."""
     import corpus as corpora
-    saved = read_json(Path(run) / "config.json")["config"]
+    saved = runs.read_config(Path(run) / "config.json")["config"]
     corpus = corpora.load(Config(**known(saved)))
     wav = {u.id: u.wav for u in corpus.utterances}
     ids = []
     for m in members:
-        ids += [i for i in read_split(Path(run) / m.name / "split")["test"] if i not in ids]
+        ids += [i for i in read_split(Path(run) / m.name / "split", known=set(wav))["test"] if i not in ids]
     if not ids:
         raise UserError(f"{run}: the selected jobs list no test utterance")
     return [wav[i] for i in ids[:n]]

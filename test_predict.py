@@ -15,12 +15,16 @@ import soundfile as sf
 import soxr
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
 
+import audio
 import corpus
 import iemocap
 import predict
 import train
+import util
 from conftest import HERE, TINY, cli, write_av
+from model import model_from_spec
 
 
 def json_rows(text):
@@ -33,11 +37,43 @@ def probs(row, classes):
 
 @pytest.fixture(scope="module")
 def run(small_corpus, tmp_path_factory):
-    """Fold 1 trained with seeds 0 and 1: an ensemble of two, and a fold with two seeds."""
+    """Fold 1 trained with seeds 0 and 1: an ensemble of two, and a fold with two seeds. A tiny model
+    trained for one epoch is nearly uniform (probabilities 0.23-0.27), where two different files could pass
+    for one another; so each model's logits are then centred over the fold's test utterances and scaled by
+    30 (its f1 layer rewritten), and its test rerun by the training pipeline's own evaluation
+    (train.evaluate), whose scores and confusion replace those of metrics.json. Measured on the 16 test
+    utterances: the ensemble's top class gets 0.44 on average (0.28 at least) where a uniform guess gets
+    0.25; every class is some utterance's top class; two different utterances differ by 0.04 to 0.6
+    (median 0.27) in some class's probability."""
     out = tmp_path_factory.mktemp("predict") / "run"
     done = cli("reproduce.py", *TINY, "--demo-corpus", small_corpus, "--fold", "1", "--seeds", "2", "--workers", "0",
                "--out", out)
     assert done.returncode == 0, done.stderr[-2000:]
+    rt = util.Runtime(torch.device("cpu"), "fp32")
+    utterances = {u.id: u for u in iemocap.read_iemocap(small_corpus)}
+    for job in ("fold1/seed0", "fold1/seed1"):
+        info = json.loads((out / job / "model.json").read_text())
+        test = [utterances[i] for i in corpus.read_split(out / job / "split")["test"]]
+        data = train.UtteranceDataset(test, tuple(info["classes"]), info["max_len"], cache=audio.decode(test))
+        loader = DataLoader(data, batch_size=16,
+                            collate_fn=functools.partial(train.collate_eval, padding=info["padding"], max_len=info["max_len"]))
+        model = model_from_spec(info["model"]).eval()
+        weights = load_file(out / job / "best.safetensors")
+        model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("center_loss.")})
+        with torch.inference_mode():
+            mean = torch.cat([model(x)[1] for x, _, _ in loader]).mean(0)
+        weights["f1.weight"], weights["f1.bias"] = 30 * weights["f1.weight"], 30 * (weights["f1.bias"] - mean)
+        save_file(weights, out / job / "best.safetensors")
+        model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("center_loss.")})
+        metrics = json.loads((out / job / "metrics.json").read_text())
+        metrics.update({k: v for k, v in train.evaluate(model, loader, rt, "test").items() if k in ("wa", "ua", "confusion")})
+        (out / job / "metrics.json").write_text(json.dumps(metrics))
+        # the test's probabilities, utterance by utterance, from the training pipeline's dataset reading each file
+        # as predict.py does (the test itself read the int16 copy audio.decode keeps: 1e-3 apart at this sharpness)
+        files = DataLoader(train.UtteranceDataset(test, tuple(info["classes"]), info["max_len"]), batch_size=16,
+                           collate_fn=loader.collate_fn)
+        with torch.inference_mode():
+            np.save(out / job / "test_probs.npy", torch.cat([model(x)[1].softmax(-1) for x, _, _ in files]).numpy())
     return out
 
 
@@ -182,6 +218,8 @@ def test_one_fold_on_its_first_windows_gives_back_the_confusion_of_its_own_test(
         confusion[classes.index(label), classes.index(r["emotion"])] += 1
     metrics = json.loads((run / "fold1" / "seed0" / "metrics.json").read_text())
     assert confusion.tolist() == metrics["confusion"]
+    # and the probabilities themselves: the input was cut, peak-normalised and padded as the test's was
+    assert np.abs(np.array([probs(r, classes) for r in rows]) - np.load(run / "fold1/seed0/test_probs.npy")).max() < 1e-5
 
 
 def test_segments_give_a_row_per_window_whose_mean_is_the_file_row_and_a_plot(run, inputs, mixed, classes, tmp_path):
@@ -300,23 +338,11 @@ def test_members_run_one_at_a_time_and_average_as_the_whole_ensemble_would(run, 
 
 
 @pytest.fixture(scope="module")
-def separated(run, test_wavs, tmp_path_factory):
-    """The run with its logits centred over four test utterances' windows and scaled by 30: every class is
-    some window's top class, and the top class gets 0.45 on average (0.25: uniform; the run itself: ~0.27), so
-    that a precision's rounding shows in the probabilities. Returns a function: precision -> the
-    probabilities of every window (windows, classes)."""
-    folder = tmp_path_factory.mktemp("separated") / "run"
-    shutil.copytree(run, folder)
-    members, setup = predict.load_run(folder)
+def separated(run, test_wavs):
+    """precision -> the probabilities of every window of four test utterances under the run's two models
+    (whose classes the `run` fixture set apart): (windows, classes)."""
+    members, setup = predict.load_run(run)
     paths = [wav for wav, _ in test_wavs[:4]]
-    windows = [torch.from_numpy(w) for k in range(len(paths)) for w in predict.Recordings(paths, 8000, False)[k].waves]
-    x, _ = train.pad(windows, [len(w) for w in windows], setup.padding, 8000)
-    for m, model in zip(members, predict.models(members, "cpu")):
-        with torch.inference_mode():
-            mean = model(x)[1].mean(0)
-        weights = load_file(m.file)
-        weights["f1.weight"], weights["f1.bias"] = 30 * weights["f1.weight"], 30 * (weights["f1.bias"] - mean)
-        save_file(weights, m.file)
     return functools.cache(lambda precision: np.concatenate([r.probs for r in predict.predict(
         members, setup, paths, 8000, workers=0, progress=False, precision=precision)]))
 
@@ -394,3 +420,43 @@ def test_shards_concatenated_are_the_table_of_one_process(run, inputs):
     parts = [table("--shard", f"{k}/5") for k in range(1, 6)]
     assert parts[0] == whole[:1] and parts[-1][1:] == whole[-1:] and "broken.wav" in whole[-1]
     assert parts[0] + [row for part in parts for row in part[1:]] == whole
+
+
+# ==== damaged model files and missing inputs: one line, nothing changed ====
+
+
+def contents(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["best.safetensors", "model.json", "metrics.json"])
+def test_a_damaged_file_of_a_run_is_named_in_one_line(run, inputs, tmp_path, name):
+    copy = shutil.copytree(run, tmp_path / "run")
+    damaged = copy / "fold1/seed1" / name
+    damaged.write_bytes(damaged.read_bytes()[:damaged.stat().st_size // 2])
+    before = contents(copy)
+    done = cli("predict.py", "--run", copy, inputs / "a.wav")
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith(f"error: {damaged} is damaged")
+    assert "leave that job out with --fold/--seed" in done.stderr
+    assert contents(copy) == before
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_a_damaged_file_of_an_export_is_named_in_one_line(exported, inputs, tmp_path, name):
+    copy = shutil.copytree(exported / "fp32", tmp_path / "model")
+    damaged = copy / name
+    damaged.write_bytes(damaged.read_bytes()[:damaged.stat().st_size // 2])
+    done = cli("predict.py", "--model", copy, inputs / "a.wav")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {damaged} is damaged") and "export the model again" in done.stderr
+
+
+def test_an_input_that_does_not_exist_is_named(run, inputs, tmp_path, capsys):
+    missing = tmp_path / "nowhere.wav"
+    assert predict.main(["--run", str(run), "--workers", "0", str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: no such file or folder: {missing}\n"
+    assert predict.main(["--run", str(run), "--workers", "0", "--json", str(missing), str(inputs / "b.wav")]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == f"warning: no such file or folder: {missing}"  # before anything is read
+    assert [r["error"] for r in json_rows(out)] == [f"no such file or folder: {missing}", None]
