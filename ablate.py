@@ -101,9 +101,6 @@ def cell_name(cell):
 def run(args):
     """Every cell x fold x seed is a job of reproduce.py's kind; this process trains the jobs it can
     claim, one after the other, and rebuilds the report after each."""
-    import train  # torch and transformers load here, once the command line is read: --help answers at once
-    from model import check_backbone
-
     given = dict(args)
     grid, protocol, ref = cells(args)
     list_jobs, job_filter, folds_arg = args.pop("list_jobs"), args.pop("job", None), args.pop("folds")
@@ -115,6 +112,9 @@ def run(args):
     if base.resume and not base.out or list_jobs and not base.out:
         raise UserError("--resume and --list-jobs need the --out folder of the ablation")
     corpus = corpora.load(base)
+    import train  # torch and transformers load here, after the checks that need neither: --help and a bad
+    from model import check_backbone  # setting answer at once
+
     for backbone, layers in {(c.backbone, c.layers) for c in configs}:  # one config read per backbone and depth
         check_backbone(backbone, layers)
     if folds_arg is None:  # the paper's protocol on IEMOCAP; elsewhere the corpus's last fold plays session 5's part

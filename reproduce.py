@@ -36,9 +36,6 @@ def main(argv=None):
 def reproduce(given):
     """Every fold x every seed asked is a job; this process trains and tests the jobs it can claim,
     one after the other, and rebuilds the summary after each."""
-    import train  # torch and transformers load here, once the command line is read: --help answers at once
-    from model import check_backbone
-
     out = Path(given["out"]) if given.get("out") else None
     if given.get("summary"):
         if not out or not (out / "config.json").exists():
@@ -52,6 +49,9 @@ def reproduce(given):
         raise UserError("--list-jobs needs --out: every listed job must write into the same run folder")
     check_config(cfg)
     corpus = corpora.load(cfg)
+    import train  # torch and transformers load here, after the checks that need neither: --help and a bad
+    from model import check_backbone  # setting answer at once
+
     check_backbone(cfg.backbone, cfg.layers)
     folds = corpus.folds if cfg.fold == "all" else [cfg.fold]
     if not set(folds) <= set(corpus.folds):

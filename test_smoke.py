@@ -169,24 +169,38 @@ def test_ablation_over_two_folds_and_two_seeds_pairs_jobs_and_reruns_nothing(sma
     assert [r["jobs"] for r in rows] == ["4", "4"] and float(rows[0]["d_ua"]) == 0.0
     # the adaptive row's paired differences, worked by hand from the jobs' metrics.json
     cell = lambda m: tmp_path / "abl" / f"mixup-{m}_augment-authors"
-    score = lambda m, f, s, k: json.loads((cell(m) / f"fold{f}/seed{s}/metrics.json").read_text())[k]
-    for k in ("wa", "ua"):
-        d = [100 * (score("adaptive", f, s, k) - score("conventional", f, s, k)) for f in (1, 5) for s in (0, 1)]
-        assert any(d), "the two cells must differ for this test to mean anything"
-        assert float(rows[1][f"d_{k}"]) == pytest.approx(sum(d) / 4, abs=1e-4)  # adaptive minus conventional
-        flips = [abs(sum(sign * x for sign, x in zip(signs, d))) / 4 for signs in itertools.product((1, -1), repeat=4)]
-        p = sum(f >= abs(sum(d)) / 4 - 1e-9 for f in flips) / 16  # the exact sign-flip p: 16 sign patterns
-        assert float(rows[1][f"p_{k}"]) == pytest.approx(p, abs=1e-4)
-        lo, hi = float(rows[1][f"d_{k}_lo"]), float(rows[1][f"d_{k}_hi"])
-        assert [lo, hi] == pytest.approx(stats.bootstrap_interval(d), abs=1e-4)  # of these pairs, this sign
+    job = lambda m, f, s: cell(m) / f"fold{f}/seed{s}/metrics.json"
+    score = lambda m, f, s, k: json.loads(job(m, f, s).read_text())[k]
+    pairs = [(f, s) for f in (1, 5) for s in (0, 1)]
+
+    def check_pairs(rows):
+        for k in ("wa", "ua"):
+            d = [100 * (score("adaptive", f, s, k) - score("conventional", f, s, k)) for f, s in pairs]
+            assert float(rows[1][f"d_{k}"]) == pytest.approx(sum(d) / 4, abs=1e-4)  # adaptive minus conventional
+            flips = [abs(sum(sign * x for sign, x in zip(signs, d))) / 4 for signs in itertools.product((1, -1), repeat=4)]
+            p = sum(f >= abs(sum(d)) / 4 - 1e-9 for f in flips) / 16  # the exact sign-flip p: 16 sign patterns
+            assert float(rows[1][f"p_{k}"]) == pytest.approx(p, abs=1e-4)
+            lo, hi = float(rows[1][f"d_{k}_lo"]), float(rows[1][f"d_{k}_hi"])
+            assert [lo, hi] == pytest.approx(stats.bootstrap_interval(d), abs=1e-4)  # of these pairs, this sign
+        return d
+
+    check_pairs(rows)  # one epoch of the tiny model may score both cells alike: then d is all zeros
     for name in ("ablation.png", "ablation_diff.png"):
         assert (tmp_path / "abl" / name).read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "abl" / "ablation.md").read_text()
     assert "folds 1, 5 x seeds 0, 1" in table and "(reference)" in table
 
+    # scores that surely differ, of both signs: a second run trains nothing and rebuilds the report from them
+    for (f, s), planted in zip(pairs, (2.5, -1.0, 4.0, 0.5)):
+        for m, base in (("conventional", 0.5), ("adaptive", 0.5 + planted / 100)):
+            metrics = json.loads(job(m, f, s).read_text())
+            metrics.update(wa=base, ua=base - 0.1)
+            job(m, f, s).write_text(json.dumps(metrics))
     second = cli("ablate.py", *args)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "--- " not in second.stdout and (tmp_path / "abl" / "ablation.md").read_text() == table
+    assert second.returncode == 0 and "--- " not in second.stdout, second.stderr[-2000:]
+    with open(tmp_path / "abl" / "ablation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert check_pairs(rows) == pytest.approx([2.5, -1.0, 4.0, 0.5]) and float(rows[1]["p_ua"]) == pytest.approx(6 / 16)
 
 
 # ==== bench.py: the fast path computes what the default path computes ====
