@@ -14,8 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
+# pytest.ini runs the tests in one process per core (pytest-xdist): each process, and each script a
+# test runs, computes on one thread, so the processes do not fight for the cores. The numbers of
+# the tiny models do not depend on it (the demo's table is the same digit for digit).
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from iemocap import CLASSES, Utterance, read_iemocap
 from synthetic import make_synthetic_iemocap
