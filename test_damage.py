@@ -65,21 +65,15 @@ def interrupted(small_corpus, tmp_path_factory):
     return out
 
 
-def test_a_damaged_state_pt_is_named_with_what_to_do_and_nothing_changes(interrupted, tmp_path):
+@pytest.mark.parametrize("name, what_to_do", [
+    ("state.pt", "delete it to train that job again from its first epoch"),
+    ("best.safetensors", "state.pt to train that job again"),  # read when the job is tested
+])
+def test_a_damaged_file_of_a_job_is_named_with_what_to_do_and_nothing_changes(interrupted, name, what_to_do, tmp_path):
     copy = shutil.copytree(interrupted, tmp_path / "run")
-    cut_in_half(copy / "fold1/seed0/state.pt")
+    cut_in_half(copy / "fold1/seed0" / name)
     before = contents(copy)
-    one_line_error(cli("reproduce.py", "--resume", "--out", copy), "fold1/seed0/state.pt is damaged",
-                   "delete it to train that job again from its first epoch")
-    assert contents(copy) == before
-
-
-def test_a_damaged_best_epoch_is_named_when_the_job_is_tested(interrupted, tmp_path):
-    copy = shutil.copytree(interrupted, tmp_path / "run")
-    cut_in_half(copy / "fold1/seed0/best.safetensors")
-    before = contents(copy)
-    one_line_error(cli("reproduce.py", "--resume", "--out", copy), "fold1/seed0/best.safetensors is damaged",
-                   "state.pt to train that job again")
+    one_line_error(cli("reproduce.py", "--resume", "--out", copy), f"fold1/seed0/{name} is damaged", what_to_do)
     assert contents(copy) == before
 
 
