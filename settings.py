@@ -12,6 +12,7 @@ import math
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,7 +227,16 @@ def guarded(fn, *args, interrupted="interrupted: continue with --resume and the 
     """Run fn; bad input and known failures end as one line on stderr (from one process under
     torchrun) and a non-zero exit status. `interrupted`, `out_of_memory` and `disk_full` say what to
     do next (by default, how to continue a training run)."""
-    say = (lambda m: print(m, file=sys.stderr)) if os.environ.get("RANK", "0") == "0" else (lambda m: None)
+    rank0 = os.environ.get("RANK", "0") == "0"
+
+    def say(message):
+        # Under torchrun every rank meets the same error and rank 0 says it; torchrun stops the other
+        # ranks once one exits. So another rank waits first: were it to exit at once, torchrun could
+        # stop rank 0 before it said anything. An error of that rank alone is said after the wait.
+        if not rank0:
+            time.sleep(30)
+        print(message, file=sys.stderr)
+
     try:
         return fn(*args)
     except DiskFull as e:
@@ -238,8 +248,9 @@ def guarded(fn, *args, interrupted="interrupted: continue with --resume and the 
     except FloatingPointError as e:
         say(f"error: {e}")
         return 1
-    except KeyboardInterrupt:
-        say(f"\n{interrupted}")
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank: rank 0 says what to do
+        if rank0:
+            print(f"\n{interrupted}", file=sys.stderr)
         return 130
     except Exception as e:
         torch = sys.modules.get("torch")  # no torch imported, no GPU memory to run out of

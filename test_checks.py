@@ -11,9 +11,11 @@ import torch
 from transformers import HubertModel
 
 import reproduce
+import settings
 import train
 from conftest import cli, one_line_error
 from model import tiny_config
+from settings import UserError
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +165,15 @@ def test_bad_fold_is_refused(tmp_path, capsys):
     assert code == 2 and "--fold" in err
 
 
+
+
+def test_under_torchrun_a_rank_other_than_0_waits_before_it_says_an_error(monkeypatch, capsys):
+    # rank 0 says the error every rank meets; another rank that exited at once could get rank 0 stopped first
+    def fail():
+        raise UserError("--lr -1.0: must be > 0")
+    waits = []
+    monkeypatch.setattr(settings.time, "sleep", waits.append)
+    monkeypatch.setenv("RANK", "0")
+    assert settings.guarded(fail) == 2 and waits == [] and capsys.readouterr().err == "error: --lr -1.0: must be > 0\n"
+    monkeypatch.setenv("RANK", "1")  # torchrun stops it during the wait once rank 0 exits; alone, it says it after
+    assert settings.guarded(fail) == 2 and waits == [30] and capsys.readouterr().err == "error: --lr -1.0: must be > 0\n"
