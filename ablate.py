@@ -309,6 +309,8 @@ def plot_differences(rows, ref, path):
         ax.axvline(0, color="k", lw=0.8)
         ax.set(xlabel=f"Δ{m.upper()} (points)")
         ax.margins(x=0.15)  # room for the p beside the largest interval
+        left, right = ax.get_xlim()
+        ax.set_xlim(min(left, -1), max(right, 1))  # at least a point each side: equal cells do not zoom into float noise
         ax.grid(alpha=0.3, axis="x")
     axes[0].set_yticks(y, [cell_name(r["cell"]) for r in others], fontsize=8)
     fig.suptitle(f"paired differences to the reference, {cell_name(rows[ref]['cell'])}: mean [bootstrap 95 % interval]",
