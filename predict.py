@@ -673,9 +673,12 @@ def export_onnx(members, setup, folder, weights):
     Returns the config's "onnx" entry."""
     import onnx
     import onnxruntime
+    # torch before 2.5 cannot export transformers' SDPA attention when given its scale (pytorch issue 125158):
+    # there the same attention, computed step by step, is exported
+    attention = "sdpa" if tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2]) >= (2, 5) else "eager"
     nets = []
     for m in members:
-        net = model_from_spec(m.spec)
+        net = model_from_spec(m.spec, attn_implementation=attention)
         net.load_state_dict({k[len(f"fold{m.fold}.seed{m.seed}."):]: v for k, v in weights.items()
                              if k.startswith(f"fold{m.fold}.seed{m.seed}.")})
         nets.append(net)
