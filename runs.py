@@ -31,9 +31,9 @@ import paper
 import stats
 from audio import decode
 from corpus import fold_key
-from settings import RUN_ONLY, THIS_PROCESS, DamagedFile, DiskFull, UserError, check_out, flag, known
-from util import (HOST, atomic_write, barrier, broadcast, environment, locked, no_space, pyplot, read_json, start_runtime,
-                  summary_writer, world, write_json)
+from settings import RUN_ONLY, THIS_PROCESS, DamagedFile, UserError, check_out, flag, known
+from util import (HOST, atomic_write, barrier, broadcast, environment, locked, pyplot, read_json, start_runtime,
+                  summary_writer, world, write_json, writing)
 
 PAPER = {m: round(v / 100, 4) for m, v in paper.TABLE3.items()}  # Table 3, as fractions like our scores
 # flags whose value is a path: --list-jobs writes them absolute
@@ -115,17 +115,14 @@ def write_config(cfg, rt, out, corpus):
                                                                paper=corpus.paper), environment=environment(rt.device))
     tmp = path.with_name(f"config.json.{HOST}-{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(resolved, indent=2) + "\n")
-        if changed:
-            os.replace(tmp, path)  # the folder's settings were never used: these replace them
-        else:
-            os.link(tmp, path)  # atomic, and fails if another process wrote it first
+        with writing(path):
+            tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+            if changed:
+                os.replace(tmp, path)  # the folder's settings were never used: these replace them
+            else:
+                os.link(tmp, path)  # atomic, and fails if another process wrote it first
     except FileExistsError:
         check_settings(cfg, out, rt)
-    except OSError as e:
-        if no_space(e):
-            raise DiskFull(f"cannot write {path}: no space left on device") from None
-        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -312,15 +309,14 @@ def claim(job_dir, resume, lease=600.0, wait=False):
     me = json.dumps(dict(host=HOST, pid=os.getpid(), since=time.strftime("%Y-%m-%d %H:%M:%S")))
     fd = None
     try:
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
-        os.write(fd, me.encode())
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        why = _claim(job_dir, lock, tmp, fd, resume, lease, wait)
-    except BaseException as e:
+        with writing(tmp):
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+            os.write(fd, me.encode())
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            why = _claim(job_dir, lock, tmp, fd, resume, lease, wait)
+    except BaseException:
         if fd is not None:
             os.close(fd)
-        if no_space(e):
-            raise DiskFull(f"cannot write {tmp}: no space left on device") from None
         raise
     finally:
         tmp.unlink(missing_ok=True)

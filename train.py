@@ -33,8 +33,8 @@ from iemocap import CLASSES
 from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, mixup_targets, recognition_loss
 from model import SERModel, load_backbone
 from runs import draw_confusion
-from settings import MIN_SAMPLES, RUN_ONLY, DiskFull
-from util import atomic_write, broadcast, no_space, pyplot, read_back, save_torch, summary_writer, write_json
+from settings import MIN_SAMPLES, RUN_ONLY
+from util import atomic_write, broadcast, pyplot, read_back, save_torch, summary_writer, write_json, writing
 
 # The random streams of a job. Each draw is seeded by (seed, fold, epoch, stream), so a resumed job
 # draws exactly what an uninterrupted one did, and no stream shifts another.
@@ -535,14 +535,10 @@ class Board:
     def _writing(self, step):
         """The writer, opened at the first step written: it purges what a killed process wrote from
         there on. A disk or quota that fills meanwhile ends the run in one line (DiskFull)."""
-        try:
+        with writing(self.folder):
             if self.writer is None:
                 self.writer = summary_writer()(self.folder, purge_step=step)
             yield self.writer
-        except Exception as e:
-            if no_space(e):
-                raise DiskFull(f"cannot write {self.folder}: no space left on device") from None
-            raise
 
     def step(self, epoch, k, losses, lr):
         """Step k of the epoch: its [L, L_r, L_c] (train_step) and learning rate."""

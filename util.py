@@ -157,18 +157,26 @@ def no_space(e):
     return False
 
 
+@contextlib.contextmanager
+def writing(path, more=""):
+    """A disk or quota that fills in the block ends it as DiskFull: one line naming path (and `more`)."""
+    try:
+        yield
+    except BaseException as e:
+        if no_space(e):
+            raise DiskFull(f"cannot write {path}: no space left on device{more}") from None
+        raise
+
+
 def atomic_write(path, write):
     """write(tmp) then rename: a run killed mid-write, or a disk that fills, leaves the old file,
     never half a new one, and no temporary file. The temporary name is this process's own, so
     processes sharing a folder never mix their writes."""
     tmp = Path(f"{path}.{HOST}-{os.getpid()}.tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except Exception as e:
-        if no_space(e):
-            raise DiskFull(f"cannot write {path}: no space left on device (the file it replaces is intact)") from None
-        raise
+        with writing(path, " (the file it replaces is intact)"):
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
