@@ -15,6 +15,7 @@ best epoch tested. Each cell is a run folder (OUT/<cell>/, as reproduce.py write
 (cell, fold, seed) one job: claimable by concurrent processes, listed by --list-jobs, trainable
 under torchrun, never rerun once finished.
 """
+import argparse
 import csv
 import itertools
 import re
@@ -25,10 +26,12 @@ import numpy as np
 
 import corpus as corpora
 import paper
+import reproduce
 import runs
 import stats
-from settings import Config, DamagedFile, UserError, check_config, config_parser, guarded, make_config
-from util import atomic_write, locked, pyplot
+from figures import pyplot
+from files import atomic_write, locked, read_json, write_json
+from settings import THIS_PROCESS, Config, DamagedFile, UserError, config_parser, guarded, make_config
 
 SWEEPS = ["backbone", "layers", "dropout", "pooling", "mixup", "center_weight"]  # flags that take a list of values
 
@@ -40,6 +43,7 @@ PROTOCOL_34 = dict(val_fraction=0.1, patience=10)
 TABLE2 = [row for row, _ in paper.TABLE2]
 TABLE2_REFERENCE = 3  # conventional mixup: the rows below it answer the claim of Sec. 3.4
 METRICS = ("wa", "ua")
+SWEEP_FILE = "sweep.json"  # in the ablation folder: the flags of its sweep
 
 
 def paper_numbers(cell, protocol, config):
@@ -57,7 +61,7 @@ def paper_numbers(cell, protocol, config):
 
 def cells(args):
     """The cells to train, as dicts of the swept settings, the protocol they follow and the reference cell."""
-    table2 = args.pop("table2")
+    table2 = args.pop("table2", False)
     if table2:
         for k in SWEEPS:  # settings Table 2 does not vary may be fixed, one value each (e.g. --layers 12)
             if k in args:
@@ -99,62 +103,44 @@ def cell_name(cell):
 
 
 def run(args):
-    """Every cell x fold x seed is a job of reproduce.py's kind; this process trains the jobs it can
-    claim, one after the other, and rebuilds the report after each."""
+    """Every cell x fold x seed is a job of reproduce.py's kind, trained by reproduce.train_jobs, the
+    report rebuilt after each. An ablation folder remembers its sweep (SWEEP_FILE): `--resume --out DIR`
+    alone continues it."""
+    args = {**saved_sweep(args.get("out")), **args}  # flags not given: the ablation folder's own sweep
     given = dict(args)
     grid, protocol, ref = cells(args)
-    list_jobs, job_filter, folds_arg = args.pop("list_jobs"), args.pop("job", None), args.pop("folds")
-    protocol_settings = PROTOCOL_33 if protocol == "3.3" else PROTOCOL_34
-    configs = [make_config(protocol_settings, args, cell) for cell in grid]
-    for cfg in configs:
-        check_config(cfg)
+    folds_arg = args.pop("folds", None)
+    args.pop("list_jobs", None), args.pop("job", None)
+    configs = [make_config(PROTOCOL_33 if protocol == "3.3" else PROTOCOL_34, args, cell) for cell in grid]
     base = configs[0]
-    if base.resume and not base.out or list_jobs and not base.out:
+    if (base.resume or given.get("list_jobs")) and not base.out:
         raise UserError("--resume and --list-jobs need the --out folder of the ablation")
-    corpus = corpora.load(base)
-    import train  # torch and transformers load here, after the checks that need neither: --help and a bad
-    from model import check_backbone  # setting answer at once
-
-    for backbone, layers in {(c.backbone, c.layers) for c in configs}:  # one config read per backbone and depth
-        check_backbone(backbone, layers)
-    if folds_arg is None:  # the paper's protocol on IEMOCAP; elsewhere the corpus's last fold plays session 5's part
-        folds_arg = ["5"] if corpus.paper else corpus.folds[-1:]
-    folds = corpus.folds if folds_arg == ["all"] else folds_arg
-    for fold in folds:
-        if fold not in corpus.folds:
-            raise UserError(f"--folds {' '.join(folds_arg)}: {fold} is not a fold of {corpus.name} ({', '.join(corpus.folds)})")
-    for val_fraction in {c.val_fraction for c in configs}:
-        corpora.check_validation(corpus, folds, val_fraction)
-    seeds = range(base.seed, base.seed + base.seeds)
-    jobs = [(c, runs.Job(f, s)) for c in range(len(grid)) for s in seeds for f in folds]
-    name = lambda cj: f"{cell_name(grid[cj[0]])}/{cj[1].name}"
-    mine = jobs if job_filter is None else [j for j in jobs if name(j) == job_filter]
-    if not mine:
-        raise UserError(f"--job {job_filter}: not a job of this ablation (e.g. {name(jobs[0])})")
     out = Path(base.out) if base.out else None
-    folders = {cell_name(cell): cfg for cell, cfg in zip(grid, configs)}
-    if list_jobs:
-        runs.list_jobs(__file__, given, out, [name(j) for j in mine], folders)
-        return 0
+    corpus, folds = reproduce.checked(configs, folds_arg, "--folds", out, [cell_name(cell) for cell in grid])
+    if folds_arg is None:  # the paper's protocol: test on session 5, IEMOCAP's last fold (another corpus: its last)
+        folds = corpus.folds[-1:]
+    seeds = range(base.seed, base.seed + base.seeds)
+    jobs = [runs.Job(f, s, cfg, cell_name(cell)) for cell, cfg in zip(grid, configs) for s in seeds for f in folds]
+    about = (f"Sec. {protocol} protocol  |  {len(grid)} cells x folds {', '.join(folds)} x {len(seeds)} seeds  |  "
+             f"reference: {cell_name(grid[ref])}")
+    return reproduce.train_jobs(__file__, given, jobs, corpus, out, "ablate-%Y%m%d-%H%M%S",
+                                lambda out: report(grid, protocol, ref, out), about, results="ablation.md",
+                                started=lambda out: remember_sweep(out, given))
 
-    out, rt, audio = runs.start(folders, out, "ablate-%Y%m%d-%H%M%S", corpus, [name(j) for j in jobs])
-    if rt.rank == 0:
-        print(f"ablation folder {out}  |  Sec. {protocol} protocol  |  {len(grid)} cells x folds {', '.join(folds)} x "
-              f"{len(seeds)} seeds = {len(jobs)} jobs  |  reference: {cell_name(grid[ref])}", flush=True)
-    claims, trained = runs.Claims(out, mine, base.resume, base.lease_minutes, name), 0
-    for c, job in claims:
-        if rt.rank == 0:
-            print(f"--- {name((c, job))}", flush=True)
-        train.run_job(configs[c], corpus, audio, job, out / name((c, job)), rt)
-        trained += 1
-        if rt.rank == 0:
-            print(report(grid, protocol, ref, out), flush=True)
-    if rt.rank == 0:
-        if not trained:  # every job was finished earlier, or is someone else's: the report as it stands
-            print(report(grid, protocol, ref, out), flush=True)
-        print(f"results in {out / 'ablation.md'}")
-        claims.tell_skipped()
-    return 0
+
+def saved_sweep(out):
+    """The flags of the ablation in --out (its SWEEP_FILE), those that say what it computes: {} if none."""
+    path = Path(out) / SWEEP_FILE if out else None
+    if not path or not path.exists():
+        return {}
+    return read_json(path, "it holds the ablation's sweep: give the sweep's flags again", keys=("sweep",))["sweep"]
+
+
+def remember_sweep(out, given):
+    """SWEEP_FILE: the flags of this call that say what the ablation computes (the run folder's own
+    settings, which the process chooses, left out), for `--resume --out DIR` alone."""
+    sweep = {k: v for k, v in given.items() if k not in THIS_PROCESS | {"list_jobs", "job"}}
+    write_json(dict(sweep=sweep), Path(out) / SWEEP_FILE)
 
 
 # ---------------------------------------------------------------------------- the report
@@ -321,13 +307,14 @@ def plot_differences(rows, ref, path):
 
 def main(argv=None):
     p = config_parser(__doc__.split("\n\n")[0], sweep=SWEEPS, skip={"fold"})
-    p.add_argument("--table2", action="store_true", help="the seven rows of Table 2 (Sec. 3.4 protocol)")
-    p.add_argument("--folds", nargs="+", metavar="K", help="folds each cell runs on: 5 (the paper's: test on session "
+    unset = dict(default=argparse.SUPPRESS)  # a flag not given is absent: the ablation folder's sweep may give it
+    p.add_argument("--table2", action="store_true", **unset, help="the seven rows of Table 2 (Sec. 3.4 protocol)")
+    p.add_argument("--folds", nargs="+", metavar="K", **unset, help="folds each cell runs on: 5 (the paper's: test on session "
                    "5; the default, on another corpus its last fold), all, or a list")
-    p.add_argument("--reference", metavar="CELL", help="the cell every other is compared with, by folder name or row "
+    p.add_argument("--reference", metavar="CELL", **unset, help="the cell every other is compared with, by folder name or row "
                    f"number (default: the first cell; with --table2 row {TABLE2_REFERENCE}, conventional mixup)")
-    p.add_argument("--list-jobs", action="store_true", help="print one complete shell command per unfinished job and exit")
-    p.add_argument("--job", metavar="CELL/foldK/seedS", help="train only this job (what --list-jobs lines do)")
+    p.add_argument("--list-jobs", action="store_true", **unset, help="print one complete shell command per unfinished job and exit")
+    p.add_argument("--job", metavar="CELL/foldK/seedS", **unset, help="train only this job (what --list-jobs lines do)")
     return guarded(run, vars(p.parse_args(argv)))
 
 

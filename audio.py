@@ -7,6 +7,7 @@ aac, ...) is read by FFmpeg through PyAV: the first audio stream of the containe
 import contextlib
 import os
 import random
+import struct
 import warnings
 
 import numpy as np
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from settings import MIN_SAMPLES, CorpusError
 
 SAMPLE_RATE = 16_000
+CUT_SHORT = 0.1  # seconds a file may decode short of its declared length (codecs' frames, rounding)
 
 
 def header_seconds(path) -> float:
@@ -43,24 +45,31 @@ def load_audio(path, part=None) -> np.ndarray:
     avi, webm, mkv, ...) as float32 mono at 16 kHz, whatever rate, channels or sample format it
     holds: the channels' mean, resampled by soxr. part: (start, end) in seconds, the utterance
     where one recording holds many (EmoBox's PAVOQUE); only that part is read. A file holding NaN
-    or infinite samples, a container without an audio stream and one whose audio fails to decode
-    are refused, by name."""
+    or infinite samples, a container without an audio stream, one whose audio fails to decode and one
+    that decodes more than CUT_SHORT seconds shorter than its header or container says (a file cut short
+    in a copy or a download) are refused, by name."""
     try:
         with sf.SoundFile(path) as f:  # (L, channels)
-            rate, frames = f.samplerate, -1
+            rate, frames, declared = f.samplerate, -1, f.frames
             if part is not None:  # seek, not decode the recording up to it
                 first, last = (min(round(t * rate), f.frames) for t in part)
                 f.seek(first)
                 frames = last - first
+            elif f.format in ("WAV", "WAVEX"):  # libsndfile counts the frames the file holds, not those declared
+                declared = wav_frames(path) or declared
             samples = f.read(frames, dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:
         if not os.path.isfile(path):  # libsndfile says the same of a missing file
             raise CorpusError(f"cannot read {path}: {err}") from None
-        samples, rate = read_container(path)
+        samples, rate, declared = read_container(path)
         if part is not None:
             samples = samples[round(part[0] * rate):round(part[1] * rate)]
     except (OSError, RuntimeError) as err:
         raise CorpusError(f"cannot read {path}: {err}") from None
+    if part is None and declared - len(samples) > CUT_SHORT * rate:
+        raise CorpusError(f"{path} is cut short: its header says {declared / rate:.2f} s, {len(samples) / rate:.2f} s "
+                          f"of it decode ({(declared - len(samples)) / rate:.2f} s missing): a broken or unfinished "
+                          "file, replace or remove it")
     if part is not None and not len(samples):
         raise CorpusError(f"{path} holds no audio at {part[0]}-{part[1]} s, the part a manifest names")
     if not np.isfinite(samples).all():
@@ -72,9 +81,10 @@ def load_audio(path, part=None) -> np.ndarray:
 
 
 def read_container(path):
-    """(samples (L, channels) float32, rate) of the first audio stream of a file FFmpeg reads, at the
-    stream's own rate and channels, as soundfile gives them: PyAV's AudioResampler only converts the
-    sample format to float (its own downmix would weigh the channels otherwise than the mean)."""
+    """(samples (L, channels) float32, rate, the frames its container declares) of the first audio stream of a
+    file FFmpeg reads, at the stream's own rate and channels, as soundfile gives them: PyAV's AudioResampler
+    only converts the sample format to float (its own downmix would weigh the channels otherwise than the
+    mean). The declared length is the stream's duration, else the container's (0 when it gives none)."""
     import av  # here: only files soundfile cannot read need it
 
     try:
@@ -85,15 +95,39 @@ def read_container(path):
     with container:
         if not container.streams.audio:
             raise CorpusError(f"{path} holds no audio stream (a video without sound?): replace or remove it")
+        stream = container.streams.audio[0]
+        seconds = (float(stream.duration * stream.time_base) if stream.duration is not None else
+                   (container.duration or 0) / av.time_base)
         to_float = av.AudioResampler(format="fltp")  # rate and channels kept
         try:
-            frames = [f for frame in container.decode(container.streams.audio[0]) for f in to_float.resample(frame)]
+            frames = [f for frame in container.decode(stream) for f in to_float.resample(frame)]
             frames += to_float.resample(None)
         except (av.FFmpegError, ValueError) as err:
             raise CorpusError(f"cannot decode the audio of {path}: {getattr(err, 'strerror', None) or err}") from None
     if not frames:
         raise CorpusError(f"{path}: its audio stream holds no samples: replace or remove it")
-    return np.concatenate([f.to_ndarray() for f in frames], axis=1).T, frames[0].sample_rate
+    rate = frames[0].sample_rate
+    return np.concatenate([f.to_ndarray() for f in frames], axis=1).T, rate, round(seconds * rate)
+
+
+def wav_frames(path):
+    """The frames a WAV file's header declares (its data chunk's size over its frame size), or None when it
+    declares none: no data chunk before the end, or the sizes a recorder writes while it streams (0, or
+    0xFFFFFFFF)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"RIFF" or (f.read(4), f.read(4))[1] != b"WAVE":
+            return None
+        align = None
+        while len(head := f.read(8)) == 8:
+            chunk, size = struct.unpack("<4sI", head)
+            if chunk == b"fmt ":
+                align = struct.unpack("<HHIIH", f.read(14))[4]  # format, channels, rate, bytes/s, block align
+                f.seek(size - 14 + (size & 1), 1)
+            elif chunk == b"data":
+                return size // align if align and 0 < size < 0xFFFFFFFF else None
+            else:
+                f.seek(size + (size & 1), 1)
+    return None
 
 
 def peak_normalise(x) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Training throughput of the suite against the authors' setup, measured side by side; and the memory a run needs.
+"""Training throughput of the suite against the authors' setup, measured side by side; the memory a run
+needs; and predict.py's speed batched against one file at a time (predict_speed, `predict.py --bench`).
 
     python bench.py                    # GPU: HuBERT-Large (random init), batch 16; CPU: a reduced width, ~1 minute
     python bench.py --corpus DIR       # the data pipeline reads (or first writes) its synthetic replica in DIR
@@ -25,6 +26,7 @@ import dataclasses
 import gc
 import math
 import multiprocessing
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -36,15 +38,20 @@ from torch.utils.data import DataLoader
 from transformers import AutoModel
 
 import corpus as corpora
+import data
 import iemocap
 import synthetic
 import train
 from audio import SAMPLE_RATE as SR
 from audio import decode
+from corpus import read_split
+from ensemble import models, predict, resolve
 from losses import CenterLoss
 from model import SERModel, tiny_config
-from settings import Config
-from util import Runtime, default_precision, device_name
+from optimisation import Optimisation
+from runs import read_config
+from runtime import Runtime, default_precision, device_name
+from settings import Config, UserError, known
 
 # HuBERT-Large (Sec. 2.2); tiny_config() already has Large's front end and norms.
 LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
@@ -120,7 +127,7 @@ def train_flops(config, layers, length):
 
 
 def draw_items(n, max_len, seed=0):
-    """n training items (x_i, l_i, y_i, x_j, l_j, y_j) as train.TrainPairs serves them:
+    """n training items (x_i, l_i, y_i, x_j, l_j, y_j) as data.TrainPairs serves them:
     IEMOCAP-like lengths cropped at max_len, and with p 0.5 a random partner, so the model
     sees the longer of the two (Eq. 1). Noise stands in for speech: the cost is the same."""
     rng = np.random.default_rng(seed)
@@ -135,7 +142,7 @@ def draw_items(n, max_len, seed=0):
 
 
 def bucketed(batches, seed=0):
-    """The same items regrouped as train.TrainPairs.batches does for --padding dynamic:
+    """The same items regrouped as data.TrainPairs.batches does for --padding dynamic:
     sorted by the length the model sees within windows of 50 batches, cut, shuffled."""
     size, items = len(batches[0]), [item for batch in batches for item in batch]
     window, out = 50 * size, []
@@ -192,7 +199,7 @@ def measure(name, cfg, warm, timed, width, args, device):
     center_loss = CenterLoss(len(iemocap.CLASSES), 64).to(device)
     rt = Runtime(device, cfg.precision)  # no variant runs fp16: no loss scaling
     # the authors' Adam is torch's default; the suite's is fused on a GPU, as train.fit
-    opt = train.Optimisation(cfg, model, center_loss, rt, fused=None if name == "authors" else device.type == "cuda")
+    opt = Optimisation(cfg, model, center_loss, rt, fused=None if name == "authors" else device.type == "cuda")
     step = partial(train.train_step, model, center_loss, opt, cfg=cfg, rt=rt, where=name)
 
     torch.manual_seed(1)  # dropout
@@ -218,13 +225,13 @@ def pipeline_throughput(train_set, cfg, batches, workers, cache):
     """Utterances/s of reproduce.py's training input: read the audio (cache False: decode
     every wav every time, as the authors' script; True: decoded once up front, as
     reproduce.py), crop, peak-normalise, augment (authors' chain), pair for mixup, collate."""
-    data = train.UtteranceDataset(train_set, max_len=cfg.max_len, augment="authors",
-                                  cache=decode(train_set) if cache else None)
-    pairs = train.TrainPairs(train_set, data, cfg.max_len, cfg.mixup_p, key=(cfg.seed, 5))
+    dataset = data.UtteranceDataset(train_set, max_len=cfg.max_len, augment="authors",
+                                    cache=decode(train_set) if cache else None)
+    pairs = data.TrainPairs(train_set, dataset, cfg.max_len, cfg.mixup_p, key=(cfg.seed, 5))
     sampler = pairs.batches(cfg.batch_size, bucketed=cfg.padding == "dynamic")[:batches]
     t0 = time.perf_counter()  # worker start-up included: reproduce.py starts them every epoch
     count = sum(len(b[0]) for b in DataLoader(pairs, batch_sampler=sampler, num_workers=workers,
-                                              collate_fn=partial(train.collate_train, padding=cfg.padding,
+                                              collate_fn=partial(data.collate_train, padding=cfg.padding,
                                                                  max_len=cfg.max_len)))
     return count / (time.perf_counter() - t0)
 
@@ -239,8 +246,8 @@ def step_memory(width, layers, max_len, batch_size, grad_accum, precision, devic
     center_loss = CenterLoss(len(iemocap.CLASSES), 64).to(device)
     cfg = Config(batch_size=batch_size, grad_accum=grad_accum, precision=precision, max_len=max_len, padding="fixed")
     rt = Runtime(device, precision)
-    opt = train.Optimisation(cfg, model, center_loss, rt, fused=device.type == "cuda")  # as train.fit
-    batch = train.collate_train(draw_items(batch_size, max_len), "fixed", max_len)
+    opt = Optimisation(cfg, model, center_loss, rt, fused=device.type == "cuda")  # as train.fit
+    batch = data.collate_train(draw_items(batch_size, max_len), "fixed", max_len)
     torch.manual_seed(1)  # dropout
     for _ in range(2):
         train.train_step(model, center_loss, opt, batch, cfg, rt)
@@ -346,6 +353,67 @@ def summarise_memory(measured, micro):
         print(f"| {size} GB | {' | '.join(cells)} |")
 
 
+# ---------------------------------------------------------------------------- predict.py --bench
+
+BENCH_CHUNK = 50  # predict.py --bench alternates batched and one-at-a-time over chunks of this many files
+
+
+def bench_paths(run, members, n):
+    """The first n test utterances of the members' folds (split/test.txt), as wav paths of the run's corpus."""
+    saved = read_config(Path(run) / "config.json")["config"]
+    corpus = corpora.load(Config(**known(saved)))
+    wav = {u.id: u.wav for u in corpus.utterances}
+    ids = []
+    for m in members:
+        ids += [i for i in read_split(Path(run) / m.name / "split", known=set(wav))["test"] if i not in ids]
+    if not ids:
+        raise UserError(f"{run}: the selected jobs list no test utterance")
+    return [wav[i] for i in ids[:n]]
+
+
+def predict_speed(members, setup, args):
+    """Batched prediction (predict.py's own: the members loaded in turn, per chunk of windows) against one
+    file at a time (batch 1, no workers, every member loaded once beforehand, as a server keeps them), in one
+    process with the same models. The two alternate over chunks of BENCH_CHUNK files, each chunk timed both ways (in
+    turn first), so both see the same load of a shared machine; the totals give the ratio."""
+    if not args.run:
+        raise UserError("--bench needs --run (it predicts the run's own test utterances)")
+    paths = bench_paths(args.run, members, args.n)
+    device, precision = resolve(args.device, args.precision, args.int8)
+    window = args.max_len or setup.max_len
+    common = dict(members=members, setup=setup, window=window, crop=args.crop, device=device, progress=False,
+                  precision=precision, vad=args.vad)
+    batched = lambda chunk: predict(paths=chunk, batch_size=args.batch_size, workers=args.workers, **common)
+    loaded = list(models(members, device, precision == "int8"))  # one file at a time keeps every member loaded
+    single = lambda chunk: [predict(paths=[p], batch_size=1, workers=0, loaded=loaded, **common)[0] for p in chunk]
+    single(paths[:2])  # warm-up: allocator, thread pools, oneDNN kernels for both batch sizes
+    batched(paths[:2 * args.batch_size])
+    load = os.getloadavg()[0]
+    times, results = {"batched": 0.0, "single": 0.0}, {"batched": [], "single": []}
+    ratios = []
+    for k, s in enumerate(range(0, len(paths), BENCH_CHUNK)):
+        chunk, took = paths[s:s + BENCH_CHUNK], {}
+        for way in (("batched", "single") if k % 2 == 0 else ("single", "batched")):
+            t0 = time.perf_counter()
+            results[way] += batched(chunk) if way == "batched" else single(chunk)
+            took[way] = time.perf_counter() - t0
+            times[way] += took[way]
+        ratios.append(took["single"] / took["batched"])
+    heard = sum(r.samples for r in results["batched"]) / setup.sample_rate
+    windows = sum(len(r.starts) for r in results["batched"])
+    diff = max(float(np.abs(a.probs - b.probs).max()) for a, b in zip(results["batched"], results["single"]))
+    print(f"{len(paths)} files, {windows} windows, {heard:.1f} s of audio; {len(members)} model(s); window {window}, "
+          f"padding {setup.padding}; {device_name(device)}, {precision}, {torch.get_num_threads()} threads; "
+          f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"batched (batch {args.batch_size}, {args.workers} workers): {times['batched']:.2f} s, "
+          f"{heard / times['batched']:.1f} audio-s/s")
+    print(f"one file at a time (batch 1, no workers): {times['single']:.2f} s, {heard / times['single']:.1f} audio-s/s")
+    print(f"largest difference of a window probability between the two: {diff:.1e}")
+    print(f"per chunk of {BENCH_CHUNK} files: {min(ratios):.2f}x to {max(ratios):.2f}x")
+    print(f"batched / one at a time: {times['single'] / times['batched']:.2f}x")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -406,7 +474,7 @@ def main(argv=None):
 
     results = {}
     for variant, cfg in variants.items():
-        collated = [train.collate_train(b, cfg.padding, cfg.max_len) for b in batches[cfg.padding]]
+        collated = [data.collate_train(b, cfg.padding, cfg.max_len) for b in batches[cfg.padding]]
         if device.type == "cuda":  # reproduce.py's DataLoader pins its batches
             collated = [tuple(None if t is None else t.pin_memory() for t in b) for b in collated]
         results[variant] = measure(variant, cfg, collated[:args.warmup], collated[args.warmup:], settings["model"], args, device)

@@ -26,7 +26,7 @@ import iemocap
 from audio import header_seconds
 from iemocap import CLASSES, Utterance
 from settings import CorpusError
-from util import atomic_write, read_back
+from files import atomic_write, read_back
 
 
 @dataclass
@@ -103,27 +103,53 @@ def from_iemocap(utterances, name="IEMOCAP"):
     return Corpus(name, CLASSES, utterances, tests, paper=True)
 
 
-def load(cfg):
+def load(cfg, folds=None, flag="--fold"):
     """The corpus of a run's settings: a manifest, the user's IEMOCAP, checked against the published
-    counts, or the demo's synthetic replica (written once). Reads label files only, no audio."""
+    counts, or the demo's synthetic replica (written once). Reads label files only, no audio.
+    folds: those the run asks for, by name or "all", checked (choose_folds) before the demo's replica
+    is written the first time, as --classes is: a bad setting writes nothing."""
     if cfg.manifest:
         if cfg.iemocap:
             raise CorpusError("--manifest and --iemocap: give one corpus")
         corpus = from_manifest(cfg.manifest, cfg.audio_root, cfg.num_folds)
     elif cfg.demo and not cfg.iemocap:
-        root = Path(cfg.demo_corpus or Path.home() / ".cache" / "ser-lam-mixup" /
-                    f"synthetic-iemocap-{cfg.demo_speaker_utterances}")
-        if not (root / "synthetic_manifest.tsv").exists():
+        name = "synthetic IEMOCAP replica"
+        root = demo_root(cfg)
+        if writes(cfg):
+            shape = from_iemocap([], name)  # the replica's folds and classes, before it exists
+            choose_folds(keep_classes(shape, cfg.classes) if cfg.classes else shape, folds, flag)
             import synthetic  # here: it needs scipy.signal, seconds to import
             print(f"writing the synthetic corpus to {root}", file=sys.stderr)
             synthetic.make_synthetic_iemocap(root, utterances_per_speaker=cfg.demo_speaker_utterances)
-        corpus = from_iemocap(iemocap.read_iemocap(root), name="synthetic IEMOCAP replica")
+        corpus = from_iemocap(iemocap.read_iemocap(root), name=name)
     else:
         corpus = load_iemocap(cfg.iemocap or os.environ.get("IEMOCAP_ROOT", ""), cfg.allow_incomplete)
     if cfg.classes:
         corpus = keep_classes(corpus, cfg.classes)
     check_folds(corpus)
     return corpus
+
+
+def demo_root(cfg):
+    """Where --demo's synthetic replica is, or is written on its first run."""
+    return Path(cfg.demo_corpus or Path.home() / ".cache" / "ser-lam-mixup" / f"synthetic-iemocap-{cfg.demo_speaker_utterances}")
+
+
+def writes(cfg):
+    """Whether load(cfg) writes: --demo's replica, the first time."""
+    return cfg.demo and not cfg.manifest and not cfg.iemocap and not (demo_root(cfg) / "synthetic_manifest.tsv").exists()
+
+
+def choose_folds(corpus, folds, flag="--fold"):
+    """The folds that `folds` names, in that order (None or ["all"]: every one of the corpus); one line
+    naming `flag` when one is not the corpus's."""
+    if folds is None or list(folds) == ["all"]:
+        return corpus.folds
+    strangers = [f for f in folds if f not in corpus.folds]
+    if strangers:
+        raise CorpusError(f"{flag} {' '.join(folds)}: {strangers[0]} is not a fold of {corpus.name} "
+                          f"({', '.join(corpus.folds)}; all: every one)")
+    return list(folds)
 
 
 def load_iemocap(root, allow_incomplete):

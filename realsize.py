@@ -2,6 +2,7 @@
 
     python realsize.py checkpoint DIR      # a random checkpoint shaped as facebook/hubert-large-ll60k (~1.2 GB, ~10 s)
     python realsize.py predict DIR         # run folders of 2 and 25 such jobs, then predict.py on them (minutes)
+    python realsize.py export DIR          # predict.py --export (safetensors, then --onnx) of those runs (minutes)
 
 `predict` writes, once, in DIR: checkpoint/ (as above), best0.safetensors and best1.safetensors (two
 SERModels of that checkpoint cut to 22 layers, each with its own random f0/f1 and its own noise on the
@@ -10,10 +11,13 @@ folders whose jobs, fold1-5 x seed0-4, point to those two files in turn by hard 
 whatever the count; predict.py reads each member's file anew; their scores are 0) and
 speech.wav (fixtures/speech_pauses.wav repeated to --seconds). It then runs predict.py on speech.wav
 as a user would, one process per line: 2 and 25 members in fp32 and bf16 autocast (where the device has
-bf16), 2 with --int8 (a CPU), and prints per line the audio seconds per second, the process's peak
-resident memory (the GPU's memory is not in it) and the largest change of a window's probability against
-fp32 with the same members. Last, one forward pass of a member on 4 windows per precision, timed alone.
-docs/performance.md holds the figures.
+bf16), the default precision (what `predict.py` runs with no --precision), and --int8 (a CPU), and prints
+per line the audio seconds per second, the process's peak resident memory (the GPU's memory is not in it)
+and the largest change of a window's probability against fp32 with the same members, then the end-to-end
+speed of the default against --precision fp32. Last, one forward pass of a member on 4 windows per
+precision, timed alone. `export` runs `predict.py --export` on the two run folders, with and without
+--onnx, and prints the seconds and the peak resident memory of each (the exported folder is deleted after).
+docs/performance.md and docs/predict.md hold the figures.
 """
 import argparse
 import json
@@ -107,48 +111,71 @@ def predict(run, audio, flags, device):
 
 
 def measure(folder, device, members):
+    """predict.py on speech.wav per ensemble and precision, one process each: a table, and the end-to-end
+    ratio of the default precision to fp32."""
     folder = Path(folder)
     cuda = device.startswith("cuda") or (not device and torch.cuda.is_available())
     bf16 = torch.cuda.is_bf16_supported() if cuda else torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    lines = [(2, "fp32", ["--precision", "fp32"])]
-    lines += [(2, "bf16", ["--precision", "bf16"])] if bf16 else []
-    lines += [] if cuda else [(2, "int8", ["--int8"])]
-    lines += [(n, "fp32", ["--precision", "fp32"]) for n in members if n != 2]
-    lines += [(n, "bf16", ["--precision", "bf16"]) for n in members if n != 2 and bf16]
+    lines = [(n, name, flags) for n in members for name, flags in
+             [("fp32", ["--precision", "fp32"]), ("bf16", ["--precision", "bf16"]), ("default", []), ("int8", ["--int8"])]
+             if (name != "bf16" or bf16) and (name != "int8" or not cuda)]
     seconds = sf.info(str(folder / "speech.wav")).duration
     print(f"predict.py on {seconds:.1f} s of speech (speech.wav, 6.25 s windows every 3.125 s, fixed padding), "
-          f"HuBERT-Large cut to 22 layers, random weights; {'a GPU' if cuda else f'{torch.get_num_threads()} threads'}")
+          f"HuBERT-Large cut to 22 layers, random weights; {'a GPU' if cuda else f'{torch.get_num_threads()} threads'}; "
+          f"the default precision here: {'bf16' if bf16 else 'fp32'}")
     print("\n| members | precision | audio-s/s | peak RSS (GiB) | largest change of a probability vs fp32 | "
           "windows of the same emotion |\n|---|---|---|---|---|---|", flush=True)
-    reference = {}
+    reference, speeds = {}, {}
     for n, name, flags in lines:
-        probs, speed, peak = predict(folder / f"run{n}", folder / "speech.wav", ["--batch-size", "4", *flags], device)
+        probs, speeds[n, name], peak = predict(folder / f"run{n}", folder / "speech.wav", ["--batch-size", "4", *flags],
+                                               device)
         reference.setdefault(n, probs)
         change = np.abs(probs - reference[n]).max()
         same = (probs.argmax(1) == reference[n].argmax(1)).mean()
-        print(f"| {n} | {name} | {speed:.3f} | {peak:.2f} | "
+        print(f"| {n} | {name} | {speeds[n, name]:.3f} | {peak:.2f} | "
               + ("(reference)" if name == "fp32" else f"{change:.1e}") + f" | {100 * same:.0f} % |", flush=True)
+    print("\nend to end, the default precision against --precision fp32: "
+          + ", ".join(f"{n} members {speeds[n, 'default'] / speeds[n, 'fp32']:.2f}x" for n in members))
+
+
+def exports(folder, members):
+    """predict.py --export of each run folder, safetensors alone and with --onnx, one process each: seconds and
+    peak resident memory. Each exported folder is deleted once measured (25 members: 28 GB each)."""
+    print("\n| members | export | seconds | peak RSS (GiB) | size (GB) |\n|---|---|---|---|---|", flush=True)
+    for n in members:
+        for name, flags in (("safetensors", []), ("safetensors + ONNX", ["--onnx"])):
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                command = [sys.executable, str(HERE / "predict.py"), "--run", str(Path(folder) / f"run{n}"),
+                           "--export", str(Path(tmp) / "model"), *flags]
+                t0 = time.perf_counter()
+                process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+                _, status, usage = os.wait4(process.pid, 0)
+                took, err = time.perf_counter() - t0, process.stderr.read()
+                if os.waitstatus_to_exitcode(status):
+                    raise SystemExit(f"error: {' '.join(command)} failed:\n{err[-2000:]}")
+                size = sum(p.stat().st_size for p in (Path(tmp) / "model").iterdir()) / 1e9
+            print(f"| {n} | {name} | {took:.0f} | {usage.ru_maxrss * 1024 / 2 ** 30:.2f} | {size:.1f} |", flush=True)
 
 
 def forward_times(folder, device, repeats=3):
     """{precision: seconds} of one forward pass of a member on 4 windows of 6.25 s (the best of `repeats`):
     the model's own speed, without what predict.py pays per member (reading, building, quantizing)."""
-    import predict
-    import train
-    members, _ = predict.load_run(Path(folder) / "run2")
-    device, _ = predict.resolve(device)
+    import ensemble
+    from runtime import autocast
+    members, _ = ensemble.load_run(Path(folder) / "run2")
+    device, _ = ensemble.resolve(device)
     x = torch.randn(4, 100_000, generator=torch.Generator().manual_seed(0)).to(device)
-    model = next(predict.models(members[:1], device))
+    model = next(ensemble.models(members[:1], device))
     times = {}
     for precision in ("fp32", "bf16", "int8"):
         if precision == "int8" and device.type != "cpu":
             continue
-        net = predict.quantize(model) if precision == "int8" else model
+        net = ensemble.quantize(model) if precision == "int8" else model
         best = float("inf")
         with torch.inference_mode():
             for _ in range(repeats + 1):  # the first: warm-up
                 t0 = time.perf_counter()
-                with train.autocast(precision, device):
+                with autocast(precision, device):
                     net(x)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -160,7 +187,7 @@ def forward_times(folder, device, repeats=3):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["checkpoint", "predict"])
+    p.add_argument("what", choices=["checkpoint", "predict", "export"])
     p.add_argument("folder")
     p.add_argument("--seconds", type=float, default=25.0, help="predict: seconds of speech (default: 25)")
     p.add_argument("--members", type=int, nargs="+", default=[2, 25], choices=[2, 25],
@@ -171,6 +198,9 @@ def main(argv=None):
         checkpoint(args.folder)
         return 0
     prepare(args.folder, args.seconds)
+    if args.what == "export":
+        exports(args.folder, args.members)
+        return 0
     measure(args.folder, args.device, args.members)
     times = forward_times(args.folder, args.device)
     print("\none forward pass of a member on 4 windows of 6.25 s (best of 3): "

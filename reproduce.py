@@ -17,7 +17,7 @@ from pathlib import Path
 
 import corpus as corpora
 import runs
-from settings import UserError, check_config, config_parser, guarded, make_config
+from settings import UserError, check_config, check_out, config_parser, guarded, make_config
 
 
 def parser():
@@ -40,46 +40,77 @@ def reproduce(given):
     if given.get("summary"):
         if not out or not (out / "config.json").exists():
             raise UserError("--summary needs the --out folder of a run (one holding config.json)")
-        print(runs.summarise(out), end="")
+        from summary import summarise
+        print(summarise(out), end="")
         return 0
     cfg = make_config(runs.saved_settings(out), given)  # flags not given: the run folder's own settings
-    if cfg.resume and not out:
-        raise UserError("--resume needs the --out folder of the run to continue")
-    if given.get("list_jobs") and not out:
-        raise UserError("--list-jobs needs --out: every listed job must write into the same run folder")
-    check_config(cfg)
-    corpus = corpora.load(cfg)
-    import train  # torch and transformers load here, after the checks that need neither: --help and a bad
-    from model import check_backbone  # setting answer at once
+    if (cfg.resume or given.get("list_jobs")) and not out:
+        raise UserError("--resume and --list-jobs need the --out folder of the run (every job writes into it)")
+    corpus, folds = checked([cfg], None if cfg.fold == "all" else [cfg.fold], "--fold", out)
+    jobs = [runs.Job(f, s, cfg) for s in range(cfg.seed, cfg.seed + cfg.seeds) for f in folds]
+    about = f"{corpus.name}: {len(corpus.utterances)} utterances, {len(corpus.classes)} classes"
+    from summary import summarise
+    return train_jobs(__file__, given, jobs, corpus, out, "%Y%m%d-%H%M%S", summarise, about)
 
-    check_backbone(cfg.backbone, cfg.layers)
-    folds = corpus.folds if cfg.fold == "all" else [cfg.fold]
-    if not set(folds) <= set(corpus.folds):
-        raise UserError(f"--fold {cfg.fold}: must be one of {', '.join(corpus.folds)} or all")
-    corpora.check_validation(corpus, folds, cfg.val_fraction)
-    jobs = [runs.Job(f, s) for s in range(cfg.seed, cfg.seed + cfg.seeds) for f in folds]
-    mine = [runs.parse_job(given["job"])] if given.get("job") else jobs
-    if mine[0] not in jobs:
+
+def checked(configs, folds, flag, out=None, cells=("",)):
+    """Every check that comes before any work, cheapest first, so that a bad setting writes nothing: the
+    settings' ranges; --out, and the settings already in its run folders (out/cell, one per config); the
+    corpus (label files only) and the folds asked (`flag` names them); the backbone's config (its weights
+    are not read); each fold's validation part. --demo's synthetic replica, written on its first run, is
+    written after the backbone's check. Returns (the corpus, its folds to run)."""
+    for cfg in configs:
+        check_config(cfg)
+    if out:
+        check_out(out)
+        for cell, cfg in zip(cells, configs):
+            runs.check_settings(cfg, out / cell)
+    corpus = None if corpora.writes(configs[0]) else corpora.load(configs[0], folds, flag)
+    from model import check_backbone  # torch and transformers load here, after the checks that need neither:
+    for backbone, layers in {(c.backbone, c.layers) for c in configs}:  # --help and a bad setting answer at once
+        check_backbone(backbone, layers)
+    if corpus is None:
+        corpus = corpora.load(configs[0], folds, flag)
+    folds = corpora.choose_folds(corpus, folds, flag)
+    for val_fraction in {c.val_fraction for c in configs}:
+        corpora.check_validation(corpus, folds, val_fraction)
+    return corpus, folds
+
+
+def train_jobs(script, given, jobs, corpus, out, stamp, report, about, results="results.md", started=None):
+    """The jobs of a run (reproduce.py's folds x seeds, or ablate.py's cells x folds x seeds): with
+    --list-jobs their command lines; else this process trains and tests each job it can claim
+    (--job: that one alone) with train.run_job, one after the other, and prints report(out), the
+    run's summary (written to out/results), after each. out: the run folder (None: a new one named by
+    time.strftime(stamp)); started(out): what the first process writes there besides config.json."""
+    import train
+    from claims import Claims
+
+    mine = [j for j in jobs if j.name == given["job"].strip("/")] if given.get("job") else jobs
+    if not mine:
         raise UserError(f"--job {given['job']}: not a job of this run ({jobs[0].name} .. {jobs[-1].name})")
     if given.get("list_jobs"):
-        runs.list_jobs(__file__, given, out, [j.name for j in mine], {"": cfg})
+        runs.list_jobs(script, given, out, jobs, mine)
         return 0
-
-    out, rt, audio = runs.start({"": cfg}, out, "%Y%m%d-%H%M%S", corpus, [j.name for j in jobs])
+    out, rt, audio = runs.start(jobs, out, stamp, corpus)
     if rt.rank == 0:
-        print(f"run folder {out}  |  {corpus.name}: {len(corpus.utterances)} utterances, {len(corpus.classes)} classes  |  "
-              f"{len(mine)} jobs  |  device {rt.device}, {rt.precision}" + (f", {rt.size} processes" if rt.size > 1 else ""),
-              flush=True)
-    claims = runs.Claims(out, mine, cfg.resume, cfg.lease_minutes)
+        if started:
+            started(out)
+        print(f"{'ablation' if jobs[0].cell else 'run'} folder {out}  |  {about}  |  {len(mine)} jobs  |  "
+              f"device {rt.device}, {rt.precision}" + (f", {rt.size} processes" if rt.size > 1 else ""), flush=True)
+    claims, trained = Claims(out, mine, jobs[0].cfg.resume, jobs[0].cfg.lease_minutes), 0
     for job in claims:
         if rt.rank == 0:
             print(f"--- {job.name}", flush=True)
-        train.run_job(cfg, corpus, audio, job, out / job.name, rt)
+        train.run_job(job.cfg, corpus, audio, job, out / job.name, rt)
+        trained += 1
         if rt.rank == 0:
-            print(runs.summarise(out), flush=True)
+            print(report(out), flush=True)
     if rt.rank == 0:
-        if (out / "results.md").exists():
-            print(f"results in {out / 'results.md'}")
+        if not trained:  # every job was finished earlier, or is another process's: the summary as it stands
+            print(report(out), flush=True)
+        if (out / results).exists():
+            print(f"results in {out / results}")
         claims.tell_skipped()
     return 0
 

@@ -3,7 +3,7 @@ and ablate.py, the ranges checked before any audio is decoded or any model is bu
 script ends on bad input (one line on stderr, exit status 2).
 
 Settings are inert: a Config is frozen once the command line is read. What a process decides
-when it starts (device, precision, rank, run folder) is util.Runtime's. This module imports
+when it starts (device, precision, rank, run folder) is runtime.Runtime's. This module imports
 neither torch nor transformers, so --help answers at once.
 """
 import argparse
@@ -111,11 +111,11 @@ class CorpusError(UserError):
 
 
 class DamagedFile(UserError):
-    """A file the suite reads back (util.read_back) is missing, cut short or not what it should be."""
+    """A file the suite reads back (files.read_back) is missing, cut short or not what it should be."""
 
 
 class DiskFull(UserError):
-    """A write failed for want of space or quota (util.atomic_write); the file it would replace is intact."""
+    """A write failed for want of space or quota (files.atomic_write); the file it would replace is intact."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -184,7 +184,7 @@ RANGES = [
     ("seeds", lambda v: v >= 1, ">= 1"),
     ("workers", lambda v: v >= 0, ">= 0"),
     # a process with one job may wait up to a lease for a lock (runs.claim) while the other processes of its
-    # torchrun wait for it within the process group's one-hour timeout (util.start_runtime)
+    # torchrun wait for it within the process group's one-hour timeout (runtime.start_runtime)
     ("lease_minutes", lambda v: 0 < v <= 30, "in (0, 30]"),
     ("demo_speaker_utterances", lambda v: v >= 1, ">= 1"),
     ("num_folds", lambda v: v == 0 or v >= 2, "0 or >= 2"),

@@ -119,47 +119,63 @@ def make_synthetic_iemocap(root, utterances_per_speaker=40, seed=0, durations=(0
     (root / "Documentation" / "README.txt").write_text(
         "Synthetic replica of IEMOCAP_full_release: the layout of the real one, synthetic audio.\n")
     for session in SESSIONS:
-        emo = root / f"Session{session}" / "dialog" / "EmoEvaluation"
-        for sub in ("Categorical", "Attribute"):
-            (emo / sub).mkdir(parents=True, exist_ok=True)
-        voices = {letter: {"f0": rng.uniform(*{"F": (170, 250), "M": (90, 140)}[letter]),
-                           "formants": [(rng.uniform(lo, hi), rng.uniform(80, 200)) for lo, hi in
-                                        ((300, 900), (900, 2400), (2200, 3400))]}
-                  for letter in "FM"}
-        # Both speakers' turns spread over the dialogs at random and shuffled within each,
-        # so neither the dialog nor the position in it says anything about the label.
-        turns = [(letter, code) for letter in "FM" for code in codes]
-        dialog_of = rng.integers(len(DIALOGS), size=len(turns))
-        for d, (leader, name) in enumerate(DIALOGS):
-            dialog = f"Ses0{session}{leader}_{name}"
-            mine = [turns[k] for k in rng.permutation(len(turns)) if dialog_of[k] == d]
-            wav_dir = root / f"Session{session}" / "sentences" / "wav" / dialog
-            wav_dir.mkdir(parents=True, exist_ok=True)
-            blocks = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"]
-            categorical, attribute = [], []
-            start, numbers = rng.uniform(1, 5), Counter()
-            seconds = draw_durations(rng, len(mine), durations, mean_duration)
-            for (letter, code), length in zip(mine, seconds):
-                uid = f"{dialog}_{letter}{numbers[letter]:03d}"
-                numbers[letter] += 1
-                begin, end = round(start, 4), round(start + length, 4)
-                n = round((end - begin) * SAMPLE_RATE)  # as IEMOCAP: (end - start) x 16 kHz
-                sf.write(wav_dir / f"{uid}.wav", _synthesise(rng, n, voices[letter], code),
-                         SAMPLE_RATE, subtype="PCM_16")
-                manifest.append(f"{uid}\t{code}\tSes0{session}{letter}\t{n}\n")
-                blocks.append(_label_block(uid, code, begin, end, rng))
-                categorical.append(f"{uid} :{WORDS[code]}; ()\n")
-                attribute.append(f"{uid} :act 3; val 3; dom 3; ()\n")
-                start = end + rng.uniform(0.2, 2.0)
-            (emo / f"{dialog}.txt").write_text("".join(blocks))
-            (emo / "Categorical" / f"{dialog}_e2_cat.txt").write_text("".join(categorical))
-            (emo / "Attribute" / f"{dialog}_e3_atr.txt").write_text("".join(attribute))
-        # An AppleDouble file as macOS leaves them beside the real ones: binary, not UTF-8.
-        (emo / f"._Ses0{session}F_impro01.txt").write_bytes(
-            b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(range(256)))
+        manifest += _write_session(root, session, codes, rng, durations, mean_duration)
     write_emobox_manifest(root, [line.rstrip("\n").split("\t") for line in manifest[1:]])
     (root / "synthetic_manifest.tsv").write_text("".join(manifest))  # last: its presence says the tree is whole
     return root
+
+
+def _write_session(root, session, codes, rng, durations, mean_duration):
+    """One session: two voices, each speaking every one of `codes`, spread over the dialogs; its wavs and
+    label files. Returns the manifest's lines of what it wrote."""
+    emo = root / f"Session{session}" / "dialog" / "EmoEvaluation"
+    for sub in ("Categorical", "Attribute"):
+        (emo / sub).mkdir(parents=True, exist_ok=True)
+    voices = {letter: {"f0": rng.uniform(*{"F": (170, 250), "M": (90, 140)}[letter]),
+                       "formants": [(rng.uniform(lo, hi), rng.uniform(80, 200)) for lo, hi in
+                                    ((300, 900), (900, 2400), (2200, 3400))]}
+              for letter in "FM"}
+    # Both speakers' turns spread over the dialogs at random and shuffled within each,
+    # so neither the dialog nor the position in it says anything about the label.
+    turns = [(letter, code) for letter in "FM" for code in codes]
+    dialog_of = rng.integers(len(DIALOGS), size=len(turns))
+    manifest = []
+    for d, (leader, name) in enumerate(DIALOGS):
+        dialog = f"Ses0{session}{leader}_{name}"
+        mine = [turns[k] for k in rng.permutation(len(turns)) if dialog_of[k] == d]
+        manifest += _write_dialog(root / f"Session{session}", dialog, mine, voices, rng, durations, mean_duration)
+    # An AppleDouble file as macOS leaves them beside the real ones: binary, not UTF-8.
+    (emo / f"._Ses0{session}F_impro01.txt").write_bytes(
+        b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(range(256)))
+    return manifest
+
+
+def _write_dialog(session_dir, dialog, turns, voices, rng, durations, mean_duration):
+    """One dialog's wavs (sentences/wav/<dialog>/) and its label files (dialog/EmoEvaluation/): the turns
+    (speaker letter, code) in order, one after the other with pauses between. Returns manifest lines."""
+    wav_dir = session_dir / "sentences" / "wav" / dialog
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    emo = session_dir / "dialog" / "EmoEvaluation"
+    session = session_dir.name[len("Session"):]
+    blocks = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"]
+    categorical, attribute, manifest = [], [], []
+    start, numbers = rng.uniform(1, 5), Counter()
+    seconds = draw_durations(rng, len(turns), durations, mean_duration)
+    for (letter, code), length in zip(turns, seconds):
+        uid = f"{dialog}_{letter}{numbers[letter]:03d}"
+        numbers[letter] += 1
+        begin, end = round(start, 4), round(start + length, 4)
+        n = round((end - begin) * SAMPLE_RATE)  # as IEMOCAP: (end - start) x 16 kHz
+        sf.write(wav_dir / f"{uid}.wav", _synthesise(rng, n, voices[letter], code), SAMPLE_RATE, subtype="PCM_16")
+        manifest.append(f"{uid}\t{code}\tSes0{session}{letter}\t{n}\n")
+        blocks.append(_label_block(uid, code, begin, end, rng))
+        categorical.append(f"{uid} :{WORDS[code]}; ()\n")
+        attribute.append(f"{uid} :act 3; val 3; dom 3; ()\n")
+        start = end + rng.uniform(0.2, 2.0)
+    (emo / f"{dialog}.txt").write_text("".join(blocks))
+    (emo / "Categorical" / f"{dialog}_e2_cat.txt").write_text("".join(categorical))
+    (emo / "Attribute" / f"{dialog}_e3_atr.txt").write_text("".join(attribute))
+    return manifest
 
 
 def write_emobox_manifest(root, written, name="replica"):

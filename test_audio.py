@@ -109,3 +109,37 @@ def test_an_audio_stream_that_fails_to_decode_is_refused_by_name(containers, tmp
     (tmp_path / "broken.mp4").write_bytes(bytes(data))
     with pytest.raises(CorpusError, match="cannot decode the audio of .*broken.mp4"):
         load_audio(tmp_path / "broken.mp4")
+
+
+def cut_in_half(path, to):
+    """A copy of the file with the second half of its bytes gone, its header untouched."""
+    data = path.read_bytes()
+    to.write_bytes(data[:len(data) // 2])
+    return to
+
+
+def test_a_wav_cut_short_is_refused_with_what_its_header_says_and_what_is_missing(tmp_path):
+    sf.write(tmp_path / "whole.wav", chirps(48_000, seconds=3.0)[:, 0], 48_000, subtype="PCM_16")
+    assert len(load_audio(tmp_path / "whole.wav")) == 48_000
+    cut = cut_in_half(tmp_path / "whole.wav", tmp_path / "cut.wav")
+    assert sf.info(cut).frames < 48_000 * 3  # libsndfile reads what is there and says nothing
+    with pytest.raises(CorpusError, match=r"cut.wav is cut short: its header says 3.00 s, 1.50 s of it decode "
+                                          r"\(1.50 s missing\)"):
+        load_audio(cut)
+
+
+def test_a_webm_cut_short_is_refused_with_what_its_container_says_and_what_is_missing(tmp_path):
+    write_av(tmp_path / "whole.webm", chirps(48_000, seconds=3.0), 48_000, "libopus", 96_000, "libvpx")
+    assert len(load_audio(tmp_path / "whole.webm")) == pytest.approx(48_000, abs=160)
+    cut = cut_in_half(tmp_path / "whole.webm", tmp_path / "cut.webm")
+    with pytest.raises(CorpusError, match=r"cut.webm is cut short: its header says 3.0\d s, 1.\d\d s of it decode"):
+        load_audio(cut)
+
+
+def test_a_wav_whose_header_declares_no_length_is_read_whole(tmp_path):
+    sf.write(tmp_path / "streamed.wav", chirps(16_000)[:, 0], 16_000, subtype="PCM_16")
+    data = bytearray((tmp_path / "streamed.wav").read_bytes())
+    at = data.index(b"data") + 4
+    data[at:at + 4] = b"\xff\xff\xff\xff"  # as a recorder writes it while it streams
+    (tmp_path / "streamed.wav").write_bytes(bytes(data))
+    assert len(load_audio(tmp_path / "streamed.wav")) == 16_000

@@ -47,6 +47,21 @@ def test_a_bad_setting_is_one_line_naming_the_flag_and_nothing_is_written(bad, w
     assert (tmp_path / "a-file").read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("script, bad, words", [
+    ("reproduce.py", ["--fold", "9"], ["--fold 9", "9 is not a fold of synthetic IEMOCAP replica"]),
+    ("ablate.py", ["--layers", "1", "--folds", "0"], ["--folds 0", "0 is not a fold"]),
+    ("reproduce.py", ["--classes", "ang,joy"], ["--classes ang,joy", "ang, hap, sad, neu"]),
+    ("reproduce.py", ["--layers", "3", "--hubert", "HUBERT2"], ["--layers 3", "1..2"]),
+    ("reproduce.py", ["--out", "FILE"], ["--out", "is a file"]),
+])
+def test_a_bad_setting_with_demo_writes_not_even_the_synthetic_corpus(script, bad, words, two_layer_hubert, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    bad = [{"HUBERT2": str(two_layer_hubert), "FILE": str(tmp_path / "a-file")}.get(b, b) for b in bad]
+    out = [] if "--out" in bad else ["--out", tmp_path / "run"]
+    one_line_error(cli(script, "--demo", "--demo-corpus", tmp_path / "corpus", *out, *bad), *words)
+    assert not (tmp_path / "corpus").exists() and not (tmp_path / "run").exists()
+
+
 def test_after_a_refused_setting_the_corrected_command_runs_in_the_same_folder(small_corpus, tmp_path):
     args = ["--demo", "--demo-corpus", small_corpus, "--fold", "3", "--epochs", "1", "--max-len", "8000",
             "--out", tmp_path / "run"]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import claims
 import reproduce
-import runs
 import train
 from conftest import TINY, cli, one_line_error
 from settings import DiskFull
@@ -139,9 +139,9 @@ def test_a_full_disk_while_claiming_a_job_is_one_line_and_leaves_no_file(tmp_pat
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs, "os", types.SimpleNamespace(**{**vars(os), "write": full}))  # the lock's content
+    monkeypatch.setattr(claims, "os", types.SimpleNamespace(**{**vars(os), "write": full}))  # the lock's content
     with pytest.raises(DiskFull, match="cannot write .*lock.*no space left on device"):
-        runs.claim(job, resume=False)
+        claims.claim(job, resume=False)
     assert not list(job.iterdir())
 
 

@@ -152,10 +152,14 @@ def test_normalize_waveform_ignores_gain_and_padding():
     x = torch.randn(2, 16000)
     mask = torch.ones(2, 16000, dtype=torch.long)
     mask[1, 12000:] = 0
+    other_padding = x.clone()
+    other_padding[1, 12000:] = 7.0
     with torch.no_grad():
         z, _ = model(x, mask)
         z_scaled, _ = model(3 * x + 1, mask)
+        z_padding, _ = model(other_padding, mask)
     assert torch.allclose(z, z_scaled, atol=1e-4)
+    assert torch.allclose(z, z_padding, atol=1e-5)  # what the mask hides plays no part
 
 
 def test_normalize_waveform_takes_its_mean_and_variance_over_the_valid_samples_only():

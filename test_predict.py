@@ -6,8 +6,12 @@ import functools
 import importlib.util
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,12 +23,16 @@ from torch.utils.data import DataLoader
 
 import audio
 import corpus
+import data
+import ensemble
 import iemocap
+import export
 import predict
+import runtime
 import train
-import util
 from conftest import HERE, TINY, cli, write_av
 from model import model_from_spec
+from windows import Recordings, window_starts
 
 
 def json_rows(text):
@@ -49,14 +57,14 @@ def run(small_corpus, tmp_path_factory):
     done = cli("reproduce.py", *TINY, "--demo-corpus", small_corpus, "--fold", "1", "--seeds", "2", "--workers", "0",
                "--out", out)
     assert done.returncode == 0, done.stderr[-2000:]
-    rt = util.Runtime(torch.device("cpu"), "fp32")
+    rt = runtime.Runtime(torch.device("cpu"), "fp32")
     utterances = {u.id: u for u in iemocap.read_iemocap(small_corpus)}
     for job in ("fold1/seed0", "fold1/seed1"):
         info = json.loads((out / job / "model.json").read_text())
         test = [utterances[i] for i in corpus.read_split(out / job / "split")["test"]]
-        data = train.UtteranceDataset(test, tuple(info["classes"]), info["max_len"], cache=audio.decode(test))
-        loader = DataLoader(data, batch_size=16,
-                            collate_fn=functools.partial(train.collate_eval, padding=info["padding"], max_len=info["max_len"]))
+        dataset = data.UtteranceDataset(test, tuple(info["classes"]), info["max_len"], cache=audio.decode(test))
+        loader = DataLoader(dataset, batch_size=16,
+                            collate_fn=functools.partial(data.collate_eval, padding=info["padding"], max_len=info["max_len"]))
         model = model_from_spec(info["model"]).eval()
         weights = load_file(out / job / "best.safetensors")
         model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("center_loss.")})
@@ -70,7 +78,7 @@ def run(small_corpus, tmp_path_factory):
         (out / job / "metrics.json").write_text(json.dumps(metrics))
         # the test's probabilities, utterance by utterance, from the training pipeline's dataset reading each file
         # as predict.py does (the test itself read the int16 copy audio.decode keeps: 1e-3 apart at this sharpness)
-        files = DataLoader(train.UtteranceDataset(test, tuple(info["classes"]), info["max_len"]), batch_size=16,
+        files = DataLoader(data.UtteranceDataset(test, tuple(info["classes"]), info["max_len"]), batch_size=16,
                            collate_fn=loader.collate_fn)
         with torch.inference_mode():
             np.save(out / job / "test_probs.npy", torch.cat([model(x)[1].softmax(-1) for x, _, _ in files]).numpy())
@@ -113,11 +121,11 @@ def mixed(run, inputs):
 
 
 def test_windows_start_every_half_window_until_one_reaches_the_end():
-    assert predict.window_starts(8000, 8000) == [0]
-    assert predict.window_starts(8001, 8000) == [0, 4000]
-    assert predict.window_starts(20000, 8000) == [0, 4000, 8000, 12000]  # the last one ends at 20000
-    assert predict.window_starts(20000, 8000, crop=True) == [0]
-    assert predict.window_starts(100, 8000) == [0]
+    assert window_starts(8000, 8000) == [0]
+    assert window_starts(8001, 8000) == [0, 4000]
+    assert window_starts(20000, 8000) == [0, 4000, 8000, 12000]  # the last one ends at 20000
+    assert window_starts(20000, 8000, crop=True) == [0]
+    assert window_starts(100, 8000) == [0]
 
 
 def test_a_folder_gives_its_audio_files_recursively_in_sorted_order(tmp_path):
@@ -136,11 +144,11 @@ def test_a_folder_gives_the_audio_of_videos_and_compressed_files_too(tmp_path):
 
 @pytest.mark.parametrize("padding", ["fixed", "dynamic"])
 def test_a_window_gets_the_same_probabilities_alone_and_in_a_sorted_batch(run, test_wavs, padding):
-    members, setup = predict.load_run(run)
+    members, setup = ensemble.load_run(run)
     setup = dataclasses.replace(setup, padding=padding)  # dynamic: zero-padded to the batch's longest, with the mask
     paths = [wav for wav, _ in test_wavs[:4]]
-    together = predict.predict(members, setup, paths, 8000, batch_size=8, workers=0, progress=False)
-    alone = [predict.predict(members, setup, [p], 8000, batch_size=1, workers=0, progress=False)[0] for p in paths]
+    together = ensemble.predict(members, setup, paths, 8000, batch_size=8, workers=0, progress=False)
+    alone = [ensemble.predict(members, setup, [p], 8000, batch_size=1, workers=0, progress=False)[0] for p in paths]
     for a, b in zip(together, alone, strict=True):
         assert a.path == b.path and a.starts == b.starts and len(a.starts) > 1
         assert np.abs(a.probs - b.probs).max() < 1e-5
@@ -194,6 +202,27 @@ def test_an_mp4_is_predicted_as_its_wav_and_a_video_without_audio_gets_an_error_
     assert "1 files (1 unreadable)" in err
 
 
+def test_a_wav_and_a_webm_cut_short_get_error_rows_that_say_what_is_missing(run, inputs, mixed, classes, tmp_path,
+                                                                          capsys):
+    x, rate = sf.read(inputs / "a.wav", dtype="float32", always_2d=True)
+    x = np.concatenate([x] * 3)  # long enough that half of it is more than a codec's frames
+    sf.write(tmp_path / "long.wav", x, rate, subtype="PCM_16")
+    write_av(tmp_path / "long.webm", np.repeat(x, 2, axis=1), rate, "libopus", 64_000)
+    for name in ("long.wav", "long.webm"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut{Path(name).suffix}").write_bytes(data[:len(data) // 2])  # the header still says 3 x a.wav
+    code = predict.main(["--run", str(run), "--workers", "0", "--json", str(inputs / "a.wav"), str(tmp_path / "cut.wav"),
+                         str(tmp_path / "cut.webm")])
+    assert code == 0
+    out, err = capsys.readouterr()
+    whole, *cut = json_rows(out)
+    assert whole["emotion"] == json_rows(mixed.stdout)[0]["emotion"] and not whole["error"]
+    for row, name in zip(cut, ("cut.wav", "cut.webm")):
+        assert row["emotion"] is None and all(row[f"p_{c}"] is None for c in classes)
+        assert row["error"].startswith(f"{tmp_path / name} is cut short: its header says ") and "s missing" in row["error"]
+    assert "1 files (2 unreadable)" in err
+
+
 def test_csv_has_a_column_per_class_of_the_run_and_an_empty_or_filled_error_column(run, inputs, classes, capsys):
     code = predict.main(["--run", str(run), "--workers", "0", str(inputs / "b.wav"), str(inputs / "broken.wav")])
     assert code == 0
@@ -228,7 +257,7 @@ def test_segments_give_a_row_per_window_whose_mean_is_the_file_row_and_a_plot(ru
     assert done.returncode == 0, done.stderr[-2000:]
     windows = json_rows(done.stdout)
     whole = json_rows(mixed.stdout)[0]
-    assert len(windows) == len(predict.window_starts(round(whole["seconds"] * 16_000), 8000)) > 1
+    assert len(windows) == len(window_starts(round(whole["seconds"] * 16_000), 8000)) > 1
     assert [w["start"] for w in windows] == [0.25 * k for k in range(len(windows))]  # hop: 4000 samples
     assert windows[-1]["end"] == pytest.approx(whole["seconds"]) and windows[0]["end"] == 0.5
     mean = np.mean([probs(w, classes) for w in windows], axis=0)
@@ -267,8 +296,8 @@ def test_an_fp32_export_predicts_the_probabilities_of_the_run(exported, inputs, 
 def test_a_bf16_export_is_half_the_size_and_loads_back_as_fp32(exported):
     size = lambda d: (exported / d / "model.safetensors").stat().st_size
     assert 0.45 < size("bf16") / size("fp32") < 0.55
-    members, _ = predict.load_export(exported / "bf16")
-    assert {p.dtype for model in predict.models(members, "cpu") for p in model.parameters()} == {torch.float32}
+    members, _ = ensemble.load_export(exported / "bf16")
+    assert {p.dtype for model in ensemble.models(members, "cpu") for p in model.parameters()} == {torch.float32}
 
 
 def test_a_run_folder_without_model_json_is_refused_in_one_line(run, tmp_path, capsys):
@@ -302,48 +331,75 @@ def test_no_readable_file_at_all_is_one_error_line_and_exit_2(run, inputs, tmp_p
 # ==== at real size: members in turn, precision, speech segments, ONNX, shards (tiny models here) ====
 
 
-def test_members_run_one_at_a_time_and_average_as_the_whole_ensemble_would(run, test_wavs, tmp_path, monkeypatch):
-    """Six members (the run's two seeds, three times over), the inputs in several chunks: at most one member's
-    model is alive at any forward pass, and the probabilities are the mean of the six models' softmax."""
-    six = tmp_path / "six"
+@pytest.fixture(scope="module")
+def six(run, tmp_path_factory):
+    """A run of six members: the run's two seeds, three times over."""
+    six = tmp_path_factory.mktemp("six") / "run"
     for s in range(6):
         job = six / "fold1" / f"seed{s}"
         shutil.copytree(run / "fold1" / f"seed{s % 2}", job)
         (job / "model.json").write_text(json.dumps({**json.loads((job / "model.json").read_text()), "seed": s}))
-    members, setup = predict.load_run(six)
-    assert len(members) == 6
-    paths = [wav for wav, _ in test_wavs[:4]]
-    # each of the two models alone, in one chunk: the six members' mean must be the mean of the two
-    alone = [predict.predict([m], setup, paths, 8000, batch_size=4, workers=0, progress=False, precision="fp32")
-             for m in members[:2]]
-    built, alive = [], []
+    return six
 
-    def count_alive(module, args):  # a model no longer referenced is freed at once (no reference cycles)
+
+def watch_models(module, monkeypatch):
+    """The number of models alive at each forward pass of a model that module.model_from_spec builds."""
+    built, alive = [], []
+    real_model_from_spec = module.model_from_spec
+
+    def count_alive(model, args):  # a model no longer referenced is freed at once (no reference cycles)
         alive.append(sum(m() is not None for m in built))
 
-    def model_from_spec(spec):  # every model predict.py builds, watched
-        model = real_model_from_spec(spec)
+    def model_from_spec(spec, **kw):  # every model the module builds, watched
+        model = real_model_from_spec(spec, **kw)
         built.append(weakref.ref(model))
         model.register_forward_pre_hook(count_alive)
         return model
 
-    real_model_from_spec = predict.model_from_spec
-    monkeypatch.setattr(predict, "model_from_spec", model_from_spec)
-    monkeypatch.setattr(predict, "CHUNK_BYTES", 3 * 4 * 8000 * 4)  # a chunk of windows every 3 batches of 4
-    got = predict.predict(members, setup, paths, 8000, batch_size=4, workers=0, progress=False, precision="fp32")
+    monkeypatch.setattr(module, "model_from_spec", model_from_spec)
+    return alive
+
+
+def test_members_run_one_at_a_time_and_average_as_the_whole_ensemble_would(six, test_wavs, monkeypatch):
+    """Six members, the inputs in several chunks: at most one member's model is alive at any forward pass,
+    and the probabilities are the mean of the six models' softmax."""
+    members, setup = ensemble.load_run(six)
+    assert len(members) == 6
+    paths = [wav for wav, _ in test_wavs[:4]]
+    # each of the two models alone, in one chunk: the six members' mean must be the mean of the two
+    alone = [ensemble.predict([m], setup, paths, 8000, batch_size=4, workers=0, progress=False, precision="fp32")
+             for m in members[:2]]
+    alive = watch_models(ensemble, monkeypatch)
+    monkeypatch.setattr(ensemble, "CHUNK_BYTES", 3 * 4 * 8000 * 4)  # a chunk of windows every 3 batches of 4
+    got = ensemble.predict(members, setup, paths, 8000, batch_size=4, workers=0, progress=False, precision="fp32")
     assert max(alive) == 1 and len(alive) > 6 * 3  # several chunks, each member over each of their batches
     for rec, a, b in zip(got, *alone, strict=True):
         assert len(rec.probs) == len(a.probs) > 1
         assert np.abs(rec.probs - (a.probs + b.probs) / 2).max() <= 1e-6
 
 
+def test_an_onnx_export_of_six_members_holds_one_at_a_time_and_their_mean(six, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    members, setup = ensemble.load_run(six)
+    alive = watch_models(export, monkeypatch)
+    export.export(members, setup, six, tmp_path / "model", "fp32", onnx=True)
+    assert max(alive) == 1 and len(alive) >= 6  # each member's probabilities, then its trace, alone
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["onnx"]["whole_graph_checked"] and config["onnx"]["max_difference"] < 1e-4
+    stored = load_file(tmp_path / "model" / "model.safetensors")
+    for m in members:
+        saved = load_file(m.file)
+        assert all(stored[f"fold1.seed{m.seed}.{k}"].equal(v) for k, v in saved.items() if not k.startswith("center_loss."))
+    assert len(stored) == 6 * sum(not k.startswith("center_loss.") for k in saved)
+
+
 @pytest.fixture(scope="module")
 def separated(run, test_wavs):
     """precision -> the probabilities of every window of four test utterances under the run's two models
     (whose classes the `run` fixture set apart): (windows, classes)."""
-    members, setup = predict.load_run(run)
+    members, setup = ensemble.load_run(run)
     paths = [wav for wav, _ in test_wavs[:4]]
-    return functools.cache(lambda precision: np.concatenate([r.probs for r in predict.predict(
+    return functools.cache(lambda precision: np.concatenate([r.probs for r in ensemble.predict(
         members, setup, paths, 8000, workers=0, progress=False, precision=precision)]))
 
 
@@ -390,18 +446,18 @@ def test_an_onnx_export_gives_the_probabilities_of_pytorch(run, inputs, padding,
     """model.onnx run by onnxruntime alone on windows prepared as predict.py prepares them, against predict.py
     on the same windows. dynamic: the run's models fed zero-padded batches with the mask (the second input)."""
     import onnxruntime
-    members, setup = predict.load_run(run)
+    members, setup = ensemble.load_run(run)
     setup = dataclasses.replace(setup, padding=padding)
-    predict.export(members, setup, run, tmp_path, "fp32", onnx=True)
+    export.export(members, setup, run, tmp_path, "fp32", onnx=True)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["onnx"]["inputs"] == ["waveforms", "attention_mask"][:1 + (padding == "dynamic")]
     assert config["onnx"]["max_difference"] <= 1e-4  # the export's own check, on random windows
     paths = [str(inputs / "a.wav"), str(inputs / "b.wav")]
-    expected = predict.predict(members, setup, paths, 8000, batch_size=64, workers=0, progress=False, precision="fp32")
+    expected = ensemble.predict(members, setup, paths, 8000, batch_size=64, workers=0, progress=False, precision="fp32")
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     for k, rec in enumerate(expected):
-        waves = [torch.from_numpy(w) for w in predict.Recordings(paths, 8000, False)[k].waves]
-        x, mask = train.pad(waves, [len(w) for w in waves], padding, 8000)
+        waves = [torch.from_numpy(w) for w in Recordings(paths, 8000, False)[k].waves]
+        x, mask = data.pad(waves, [len(w) for w in waves], padding, 8000)
         feed = {"waveforms": x.numpy(), **({} if mask is None else {"attention_mask": mask.numpy()})}
         got = session.run(None, feed)[0]
         assert got.shape == rec.probs.shape and np.abs(got - rec.probs).max() <= 1e-4
@@ -460,3 +516,21 @@ def test_an_input_that_does_not_exist_is_named(run, inputs, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert err.splitlines()[0] == f"warning: no such file or folder: {missing}"  # before anything is read
     assert [r["error"] for r in json_rows(out)] == [f"no such file or folder: {missing}", None]
+
+
+def test_predict_iemocap_and_the_corpus_checks_run_where_fcntl_does_not_exist(run, inputs, small_corpus):
+    # fcntl is POSIX's (Windows has none): only the code that shares a run among processes imports it
+    code = f"""
+import sys
+sys.modules["fcntl"] = None  # import fcntl now raises ImportError, as on Windows
+import corpus, iemocap, predict
+from settings import Config
+assert iemocap.main([{str(small_corpus)!r}]) == 1  # the small replica differs from the published counts
+print(len(corpus.load(Config(demo=True, demo_corpus={str(small_corpus)!r})).utterances))
+sys.exit(predict.main(["--run", {str(run)!r}, "--workers", "0", "--json", {str(inputs / "a.wav")!r}]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json_rows(done.stdout.splitlines()[-1] + "\n")
+    assert row["emotion"] and not row["error"]

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-import runs
+import claims
+import summary
 from conftest import HERE, TINY, cli, curves
 
 
@@ -108,7 +109,7 @@ def test_a_job_held_by_a_live_process_or_another_host_is_not_taken(single_run, s
     for job in ("fold1/seed0", "fold3/seed0"):
         (copy / job / "metrics.json").unlink()
     live = copy / "fold1/seed0/lock"
-    live.write_text(json.dumps(dict(host=runs.HOST, pid=os.getpid(), since="now")))
+    live.write_text(json.dumps(dict(host=claims.HOST, pid=os.getpid(), since="now")))
     foreign = copy / "fold3/seed0/lock"
     foreign.write_text(json.dumps(dict(host="gpu-node-17", pid=4242, since="yesterday")))
     with open(live) as held:
@@ -116,7 +117,7 @@ def test_a_job_held_by_a_live_process_or_another_host_is_not_taken(single_run, s
         done = cli("reproduce.py", *TINY, "--demo-corpus", small_corpus, "--fold", "all", "--out", copy, "--resume")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--- " not in done.stdout  # nothing trained
-    assert f"fold1/seed0: being trained ({runs.HOST}, pid {os.getpid()}" in done.stderr
+    assert f"fold1/seed0: being trained ({claims.HOST}, pid {os.getpid()}" in done.stderr
     assert f"fold3/seed0: held by gpu-node-17, pid 4242, since yesterday; if that process is gone, delete {foreign}" in done.stderr
     assert live.exists() and foreign.exists()
     assert not (copy / "fold1/seed0/metrics.json").exists()
@@ -150,15 +151,15 @@ def test_a_lock_renewed_seconds_ago_is_respected_whoever_holds_it_and_a_single_j
                             (foreign[:20], "an unknown process, its lock file damaged")]:  # cut in half: not JSON
         lock.write_text(content)
         backdate(lock, 5)
-        held, why = runs.claim(job, resume=True)
+        held, why = claims.claim(job, resume=True)
         assert held is None and why[0] == "held", why
         assert why[1].startswith(f"held by {holder}; if that process is gone"), why
         assert "it was renewed 5 s ago" in why[1] and lock.read_text() == content
         backdate(lock, 3600)  # the same lock, dead: its age decides, whoever wrote it
-        held, why = runs.claim(job, resume=False)
+        held, why = claims.claim(job, resume=False)
         assert held is None and why[0] == "interrupted", why
         assert f"(held by {holder}) was last renewed 60 min ago" in why[1], why
-        held, why = runs.claim(job, resume=True)
+        held, why = claims.claim(job, resume=True)
         assert why is None and json.loads(lock.read_text())["pid"] == os.getpid()
         held.release()
         assert not list(job.iterdir())
@@ -176,13 +177,13 @@ def test_a_lock_renewed_seconds_ago_is_respected_whoever_holds_it_and_a_single_j
     holder = threading.Thread(target=renew)
     holder.start()
     start = time.monotonic()
-    held, why = runs.claim(job, resume=True, lease=3, wait=True)
+    held, why = claims.claim(job, resume=True, lease=3, wait=True)
     renewing.set()
     holder.join()
     assert held is None and why[0] == "held" and time.monotonic() - start < 1.5, why
     backdate(lock, 1)
     start = time.monotonic()
-    held, why = runs.claim(job, resume=True, lease=3, wait=True)
+    held, why = claims.claim(job, resume=True, lease=3, wait=True)
     assert why is None and 1.9 <= time.monotonic() - start < 3.5  # taken over once 3 s unrenewed
     held.release()
 
@@ -191,8 +192,8 @@ def test_a_lock_renewed_seconds_ago_is_respected_whoever_holds_it_and_a_single_j
 RACER = """
 import os, sys, time
 from pathlib import Path
-import reproduce, runs
-gate, take_over = Path(sys.argv[1]), runs._take_over
+import claims, reproduce
+gate, take_over = Path(sys.argv[1]), claims._take_over
 def at_the_gate(*a):
     (gate / str(os.getpid())).touch()
     for _ in range(1200):
@@ -200,7 +201,7 @@ def at_the_gate(*a):
             break
         time.sleep(0.05)
     return take_over(*a)
-runs._take_over = at_the_gate
+claims._take_over = at_the_gate
 sys.exit(reproduce.main(sys.argv[2:]))
 """
 
@@ -232,7 +233,7 @@ def test_a_claim_renews_its_lock_through_a_step_longer_than_the_lease(small_corp
 
     def slow(cfg, corpus, audio, job, folder, rt):  # one step of 1.5 s, the lease 0.6 s (--lease-minutes 0.01)
         time.sleep(1.5)
-        seen.append((runs._now(folder) - os.stat(folder / "lock").st_mtime,
+        seen.append((claims._now(folder) - os.stat(folder / "lock").st_mtime,
                      [t.daemon for t in threading.enumerate() if t.name.startswith("renews")]))
 
     monkeypatch.setattr(train, "run_job", slow)
@@ -294,7 +295,7 @@ def test_summary_statistics_of_three_seeds_by_hand():
         done["1", seed] = fake_metrics(loso - 0.01, loso)
         done["2", seed] = fake_metrics(loso + 0.01, loso)
     config = dict(config=dict(demo=False), corpus=dict(name="test", classes=["a", "b"], paper=True))
-    s = runs.aggregate(sorted(done), done, config)
+    s = summary.aggregate(sorted(done), done, config)
     assert s["mean"]["ua"] == pytest.approx(0.72) and s["std"]["ua"] == pytest.approx(0.02)
     half = 4.302653 * 0.02 / 3 ** 0.5
     assert s["ci95"]["ua"] == pytest.approx([0.72 - half, 0.72 + half], abs=1e-6)

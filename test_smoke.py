@@ -14,10 +14,12 @@ import torch
 from transformers import AutoModel, BertConfig, HubertModel
 
 import bench
+import checkpoints
+import data
 import reproduce
+import runtime
 import settings
 import stats
-import train
 from conftest import HERE, cli, curves
 from model import FAMILIES, SERModel, tiny_config
 
@@ -93,7 +95,7 @@ def test_a_job_stopped_early_and_killed_before_its_test_trains_no_more_epochs_on
     def killed(*a, **kw):
         raise KeyboardInterrupt  # as Ctrl-C between the last epoch and the test
 
-    monkeypatch.setattr(train, "load_file", killed)
+    monkeypatch.setattr(checkpoints, "load_file", killed)
     assert reproduce.main(args) != 0
     job = tmp_path / "run" / "fold2" / "seed0"
     assert (job / "state.pt").exists() and not (job / "metrics.json").exists()
@@ -132,6 +134,27 @@ def test_layer_sweep_writes_table_csv_and_plot_and_skips_finished_cells(small_co
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "listed" / "ablation.csv").read_text() == (tmp_path / "abl" / "ablation.csv").read_text()
+
+
+def test_a_killed_ablation_continues_with_resume_and_out_alone_to_the_same_report(small_corpus, tmp_path):
+    args = ["--demo", "--demo-corpus", small_corpus, "--layers", "1", "2", "--epochs", "2", "--max-len", "16000"]
+    whole = cli("ablate.py", *args, "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    proc = subprocess.Popen([sys.executable, str(HERE / "ablate.py"), *map(str, args), "--out", tmp_path / "cut"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if "epoch   1" in line:  # the first job's first epoch is on disk (state.pt)
+            proc.kill()
+            break
+    proc.wait()
+    assert (tmp_path / "cut" / "layers-1" / "fold5" / "seed0" / "state.pt").exists()
+    assert not (tmp_path / "cut" / "ablation.md").exists()
+
+    resumed = cli("ablate.py", "--resume", "--out", tmp_path / "cut")  # the folder remembers its sweep
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed after epoch 1" in resumed.stdout and resumed.stdout.count("--- ") == 2
+    assert (tmp_path / "cut" / "ablation.md").read_text() == (tmp_path / "whole" / "ablation.md").read_text()
 
 
 def test_table2_runs_its_seven_rows_with_the_paper_settings(small_corpus, tmp_path):
@@ -220,8 +243,8 @@ def tiny_model(pooling="first"):
 
 def run(model, waves, cfg):
     """(z, logits) in fp32 for waveforms padded and autocast as reproduce.py does under cfg."""
-    x, mask = train.pad(waves, [len(w) for w in waves], cfg.padding, cfg.max_len)
-    with torch.no_grad(), train.autocast(cfg.precision, CPU):
+    x, mask = data.pad(waves, [len(w) for w in waves], cfg.padding, cfg.max_len)
+    with torch.no_grad(), runtime.autocast(cfg.precision, CPU):
         z, logits = model(x, mask)
     return z.float(), logits.float()
 
@@ -242,7 +265,7 @@ def test_dynamic_padding_with_an_all_ones_mask_equals_fixed_padding_without_mask
     torch.manual_seed(1)
     waves = [0.1 * torch.randn(16_000) for _ in range(3)]
     model = tiny_model()
-    assert train.pad(waves, [16_000] * 3, FAST.padding, FAST.max_len)[1].all()  # the fast path does pass a mask, of ones
+    assert data.pad(waves, [16_000] * 3, FAST.padding, FAST.max_len)[1].all()  # the fast path does pass a mask, of ones
     z, logits = run(model, waves, DEFAULT)
     z_fast, logits_fast = run(model, waves, dataclasses.replace(FAST, precision="fp32"))
     torch.testing.assert_close(z_fast, z, rtol=0, atol=1e-5)

@@ -1,4 +1,4 @@
-"""TensorBoard event files of a job (train.Board), read back with TensorBoard's own reader. The curves of
+"""TensorBoard event files of a job (board.Board), read back with TensorBoard's own reader. The curves of
 a whole job and of one killed after epoch 1 and resumed are checked in test_smoke.py, the single writer
 under torchrun in test_runs.py, and that --no-tensorboard changes no number in test_runs.py."""
 import errno
@@ -7,11 +7,11 @@ import pytest
 import torch
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-import train
+from board import Board
 from conftest import board, curves
 from runs import Job
 from settings import Config, DiskFull
-from util import Runtime
+from runtime import Runtime
 
 STEPS = 3  # per epoch
 TEST = dict(wa=0.75, ua=0.5, confusion=[[3, 1], [0, 0]])
@@ -23,7 +23,7 @@ def row(epoch, loss):
 
 def test_a_resumed_job_overwrites_the_steps_its_killed_process_wrote_after_the_last_finished_epoch(tmp_path):
     cfg, rt, tb = Config(demo=True), Runtime(torch.device("cpu"), "fp32"), tmp_path / "tb"
-    killed = train.Board(tb, cfg, rt, STEPS)
+    killed = Board(tb, cfg, rt, STEPS)
     for k in range(1, STEPS + 1):
         killed.step(1, k, [1.0, 1.0, 0.0], 1e-4)
     killed.epoch(row(1, 1.0))
@@ -33,7 +33,7 @@ def test_a_resumed_job_overwrites_the_steps_its_killed_process_wrote_after_the_l
     killed.writer.flush()  # on disk, as the writer's periodic flush leaves them; then the process is killed
     assert [s for s, _ in curves(tb)["train/loss"]] == [1, 2, 3, 4, 5]
 
-    resumed = train.Board(tb, cfg, rt, STEPS)  # resumed after epoch 1
+    resumed = Board(tb, cfg, rt, STEPS)  # resumed after epoch 1
     for k in range(1, STEPS + 1):
         resumed.step(2, k, [2.0, 2.0, 0.0], 8e-5)
     resumed.epoch(row(2, 2.0))
@@ -44,7 +44,7 @@ def test_a_resumed_job_overwrites_the_steps_its_killed_process_wrote_after_the_l
     assert lines["train/epoch_loss"] == [(3, 1.0), (6, 2.0)] and [s for s, _ in lines["val/WA"]] == [3, 6]
     assert lines["test/WA"] == [(7, 0.75)] and lines["test/UA"] == [(7, 0.5)]
 
-    again = train.Board(tb, cfg, rt, STEPS)  # killed during its test, after writing it: resumed, tested again
+    again = Board(tb, cfg, rt, STEPS)  # killed during its test, after writing it: resumed, tested again
     again.end(TEST, ["a", "b"], Job("2", 0), 2)
     events = board(tb)
     assert [e.step for e in events.Scalars("test/WA")] == [7] and [e.step for e in events.Images("test/confusion")] == [7]
@@ -60,7 +60,7 @@ def test_a_resumed_job_overwrites_the_steps_its_killed_process_wrote_after_the_l
 @pytest.mark.parametrize("why", ["rank 1", "--no-tensorboard"])
 def test_a_board_of_another_rank_or_with_no_tensorboard_writes_nothing(tmp_path, why):
     cfg = Config(no_tensorboard=why == "--no-tensorboard")
-    quiet = train.Board(tmp_path / "tb", cfg, Runtime(torch.device("cpu"), "fp32", rank=int(why == "rank 1"), size=2),
+    quiet = Board(tmp_path / "tb", cfg, Runtime(torch.device("cpu"), "fp32", rank=int(why == "rank 1"), size=2),
                         STEPS)
     quiet.step(1, 1, [1.0, 1.0, 0.0], 1e-4)
     quiet.epoch(row(1, 1.0))
@@ -69,7 +69,7 @@ def test_a_board_of_another_rank_or_with_no_tensorboard_writes_nothing(tmp_path,
 
 
 def test_a_disk_that_fills_while_the_board_writes_is_one_line(tmp_path, monkeypatch):
-    full = train.Board(tmp_path / "tb", Config(), Runtime(torch.device("cpu"), "fp32"), STEPS)
+    full = Board(tmp_path / "tb", Config(), Runtime(torch.device("cpu"), "fp32"), STEPS)
     full.step(1, 1, [1.0, 1.0, 0.0], 1e-4)
 
     def no_space(*args, **kwargs):  # what the event writer raises once the disk is full

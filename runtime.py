@@ -1,26 +1,14 @@
-"""What no concept of the paper needs, in one place: where a process runs (its device, precision
-and rank under torchrun); files written so that a killed process, a full disk or a neighbour never
-leaves half of one, and read back so that a damaged one is named in one line; and the record of
-the software and hardware a run used. torch is imported by the functions that need it, so that
-the scripts' --help answers without it."""
-import contextlib
+"""Where a process runs: its device, its autocast precision and its rank among the processes of a
+torchrun; and the record of the software and hardware a run used. torch is imported by the
+functions that need it, so that the scripts' --help answers without it."""
 import datetime
-import errno
-import fcntl
-import json
 import os
 import platform
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from settings import DamagedFile, DiskFull, UserError
-
-HOST = socket.gethostname()
-
-
-# ---------------------------------------------------------------------------- where a process runs
+from settings import UserError
 
 
 @dataclass(frozen=True)
@@ -121,99 +109,8 @@ def environment(device):
                 device_name=device_name(device))
 
 
-# ---------------------------------------------------------------------------- files
-
-
-def read_back(path, load, advice):
-    """load(path) for a file written earlier (by the suite or by a person). If it is missing or
-    cannot be loaded, one line says which file, what is wrong with it and, in `advice`, what to do.
-    Nothing is deleted or rewritten here: a damaged file stays for its owner to look at."""
-    try:
-        return load(path)
-    except FileNotFoundError:
-        raise DamagedFile(f"{path} is missing; {advice}") from None
-    except Exception as e:  # each reader has its own: JSON, torch's zip reader, safetensors, a field that is not there
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DamagedFile(f"{path} is damaged ({reason[:200]}); {advice}") from None
-
-
-def read_json(path, advice, keys=()):
-    """A JSON object holding `keys`, through read_back."""
-    def load(path):
-        obj = json.loads(Path(path).read_text())
-        missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
-        if missing:
-            raise ValueError(f"no {', '.join(missing)} in it")
-        return obj
-    return read_back(path, load, advice)
-
-
-def no_space(e):
-    """Whether an exception (or one it was raised from) says the disk or the user's quota is full."""
-    while e is not None:
-        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(e):  # safetensors' words
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-@contextlib.contextmanager
-def writing(path, more=""):
-    """A disk or quota that fills in the block ends it as DiskFull: one line naming path (and `more`)."""
-    try:
-        yield
-    except BaseException as e:
-        if no_space(e):
-            raise DiskFull(f"cannot write {path}: no space left on device{more}") from None
-        raise
-
-
-def atomic_write(path, write):
-    """write(tmp) then rename: a run killed mid-write, or a disk that fills, leaves the old file,
-    never half a new one, and no temporary file. The temporary name is this process's own, so
-    processes sharing a folder never mix their writes."""
-    tmp = Path(f"{path}.{HOST}-{os.getpid()}.tmp")
-    try:
-        with writing(path, " (the file it replaces is intact)"):
-            write(tmp)
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(obj, path):
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def save_torch(obj, path):
-    """torch.save through a file object, so that a full disk surfaces as an OSError saying so."""
+def autocast(precision, device):
+    """The autocast context of a precision: bf16 or fp16 autocast, or none for fp32."""
     import torch
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-
-
-@contextlib.contextmanager
-def locked(path):
-    """flock(2) on the file `path` for the block: the processes that rebuild one report take turns."""
-    with open(path, "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        yield
-
-
-def pyplot():
-    """matplotlib.pyplot drawing to files (Agg), imported when first needed: it is slow to import."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def summary_writer():
-    """torch.utils.tensorboard.SummaryWriter, imported when first needed: it imports tensorboard, slow.
-    Without tensorboard installed, one line that says what to do."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise UserError(f"TensorBoard event files need the tensorboard package ({e}): "
-                        "pip install -r requirements.txt, or pass --no-tensorboard") from None
-    return SummaryWriter
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
