@@ -203,6 +203,8 @@ def measure(name, cfg, warm, timed, width, args, device):
     step = partial(train.train_step, model, center_loss, opt, cfg=cfg, rt=rt, where=name)
 
     torch.manual_seed(1)  # dropout
+    lengths = {b[0].shape[1] for b in warm}  # every batch length of the timed steps is seen once before them,
+    warm = warm + [b for b in timed if b[0].shape[1] not in lengths and not lengths.add(b[0].shape[1])]  # as in training
     for batch in warm:
         step(batch)
     start = reset_peak_memory(device)
