@@ -3,6 +3,7 @@ the ensemble's probabilities are the mean of the members' softmax probabilities.
 at a time over the padded windows and are freed in turn, so memory holds one member whatever the
 ensemble's size. A run folder alone suffices: model.json holds the transformers config of the cut
 backbone, best.safetensors the weights; no hub, no pretrained HuBERT, no network."""
+import gc
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,8 @@ def models(members, device, int8=False):
         weights = None
         model = model.eval().to(device)
         yield quantize(model) if int8 else model
-        model = None  # freed before the next member's weights are read
+        model = None  # freed before the next member's weights are read:
+        gc.collect()  # some of transformers' modules sit in reference cycles, which only the collector frees
 
 
 def quantize(model):
@@ -277,25 +279,26 @@ def run_members(members, batches, device, precision, bar, loaded=None):
     each = [[] for _ in members]  # per member, its probabilities of each batch
     todo = tqdm(total=len(members) * len(batches), unit="batch", desc=f"{len(members)} model(s)", **bar)
     for k, model in enumerate(loaded or models(members, device, precision == "int8")):
-        for x, mask in batches:
-            x = x.to(device, non_blocking=True)
-            mask = None if mask is None else mask.to(device, non_blocking=True)
-            with autocast(precision, device):
+        with autocast(precision, device):  # one context per member: bf16 autocast casts its weights once (predict())
+            for x, mask in batches:
+                x = x.to(device, non_blocking=True)
+                mask = None if mask is None else mask.to(device, non_blocking=True)
                 each[k].append(torch.softmax(model(x, mask)[1].float(), -1))  # (B, classes)
-            todo.update()
+                todo.update()
         del model  # before the next member's is made
     todo.close()
     return [torch.stack(p).mean(0) for p in zip(*each)]  # the ensemble's mean, batch by batch
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def predict(members, setup, paths, window, crop=False, device="cpu", batch_size=16, workers=2, progress=True,
             precision="fp32", vad=False, loaded=None):
     """A windows.Recording per path, in the order given, with .probs (windows, classes): each window's
     mean over the members of softmax(logits). Decoding runs ahead in `workers` processes; the members
     run over the padded batches one at a time, in chunks of CHUNK_BYTES of windows. precision: fp32,
     bf16 (autocast) or int8 (resolve). loaded: the members' models, made once by the caller (models())
-    for many calls, instead of in turn by each."""
+    for many calls, instead of in turn by each. no_grad, not inference_mode: under inference_mode
+    autocast casts every weight anew for every batch; under no_grad it keeps each cast for the context."""
     device = torch.device(device)
     bar = dict(leave=False, dynamic_ncols=True, disable=None if progress else True)  # disable=None: on a terminal only
     done, probs, batches = [None] * len(paths), [], Batches(setup.padding, window, batch_size)

@@ -3,6 +3,7 @@ model.safetensors (every member under "fold<K>.seed<S>."), README.md (a model ca
 config.json and metrics) and, with --onnx, the ensemble as one ONNX graph checked with onnxruntime.
 `predict.py --model DIR` predicts from the folder alone (ensemble.load_export). Every step holds one
 member in memory at a time, whatever the ensemble's size."""
+import gc
 import inspect
 import json
 import os
@@ -127,8 +128,11 @@ def export_onnx(members, setup, folder, dtype):
                 graph, probs = member_graph(m, setup, dtype, names, checks, tmp / "member.onnx")
                 diffs.append(check_onnx(tmp / "member.onnx", names, checks, probs, m.name))
                 expected = [e + p / len(members) for e, p in zip(expected, probs)]
-                parts.append(prefixed(graph, f"m{k}.", keep=names))
-                externalise(parts[-1], data)
+                externalise(prefixed(graph, f"m{k}.", keep=names), data)
+                parts.append(onnx.GraphProto())  # a copy of its own: the loaded graph's memory (its weights too)
+                parts[-1].CopyFrom(graph)  # goes only with the whole message it was read into
+                graph = None
+                gc.collect()  # the member's torch model: transformers' modules sit in reference cycles
         model = onnx.helper.make_model(ensemble_graph(parts, names), opset_imports=graph_opsets(tmp / "member.onnx"),
                                        producer_name="predict.py --export --onnx")
         onnx.save_model(model, str(tmp / "model.onnx"))

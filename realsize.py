@@ -3,6 +3,7 @@
     python realsize.py checkpoint DIR      # a random checkpoint shaped as facebook/hubert-large-ll60k (~1.2 GB, ~10 s)
     python realsize.py predict DIR         # run folders of 2 and 25 such jobs, then predict.py on them (minutes)
     python realsize.py export DIR          # predict.py --export (safetensors, then --onnx) of those runs (minutes)
+    python realsize.py profile DIR         # where predict.py's time goes, piece by piece (minutes)
 
 `predict` writes, once, in DIR: checkpoint/ (as above), best0.safetensors and best1.safetensors (two
 SERModels of that checkpoint cut to 22 layers, each with its own random f0/f1 and its own noise on the
@@ -20,6 +21,7 @@ precision, timed alone. `export` runs `predict.py --export` on the two run folde
 docs/performance.md and docs/predict.md hold the figures.
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -170,9 +172,9 @@ def forward_times(folder, device, repeats=3):
     for precision in ("fp32", "bf16", "int8"):
         if precision == "int8" and device.type != "cpu":
             continue
-        net = ensemble.quantize(model) if precision == "int8" else model
+        net = next(ensemble.models(members[:1], device, int8=True)) if precision == "int8" else model
         best = float("inf")
-        with torch.inference_mode():
+        with torch.no_grad():  # as predict.py
             for _ in range(repeats + 1):  # the first: warm-up
                 t0 = time.perf_counter()
                 with autocast(precision, device):
@@ -184,10 +186,120 @@ def forward_times(folder, device, repeats=3):
     return times
 
 
+def profile(folder, members, device):
+    """Where the time of predict.py goes, piece by piece, on each ensemble of `members` in fp32 and in the
+    default precision: predict.py's own functions timed in this process (decoding in this process too, no
+    workers): reading and resampling the audio, cutting and preparing the windows, padding them, reading
+    and building each member, its conv front end, its transformer layers and the rest of it (f0, f1), writing
+    the table; what is left (the members' mean, moving tensors, Python) is "other". Returns the rows printed."""
+    import audio
+    import ensemble
+    import predict
+    import windows
+    device, default = ensemble.resolve(device)
+    speech = str(Path(folder) / "speech.wav")
+    seconds = sf.info(speech).duration
+    rows = []
+    for n in members:
+        for precision in dict.fromkeys(("fp32", default)):
+            spent = dict.fromkeys(("reading and resampling the audio", "cutting and preparing the windows",
+                                   "padding the windows", "reading and building the members",
+                                   "conv front end", "transformer layers", "f0, f1", "writing the table"), 0.0)
+            with timing(audio, "load_audio", spent, "reading and resampling the audio"), \
+                    timing(windows.audio, "prepare", spent, "cutting and preparing the windows"), \
+                    timing(ensemble, "pad", spent, "padding the windows"), \
+                    timing(ensemble, "models", spent, "reading and building the members", generator=True), \
+                    modules_timed(spent, device):
+                members_, setup = ensemble.load_run(Path(folder) / f"run{n}")
+                t0 = time.perf_counter()
+                recordings = ensemble.predict(members_, setup, [speech], setup.max_len, device=device, batch_size=4,
+                                              workers=0, progress=False, precision=precision)
+                t1 = time.perf_counter()
+                predict.table(predict.rows(recordings, setup, True), predict.columns(setup.classes, True), False)
+                spent["writing the table"] += time.perf_counter() - t1
+                total = time.perf_counter() - t0
+            model = spent.pop("model")
+            spent["f0, f1"] = model - spent["conv front end"] - spent["transformer layers"]
+            spent["other"] = total - sum(spent.values())
+            rows.append((n, precision, total, spent))
+            print(f"\n{n} members, {precision}, {seconds:.1f} s of speech: {total:.1f} s, {seconds / total:.3f} audio-s/s")
+            for piece, t in spent.items():
+                print(f"  {piece:55s} {t:8.2f} s  {100 * t / total:5.1f} %")
+    return rows
+
+
+@contextlib.contextmanager
+def timing(module, name, spent, piece, generator=False):
+    """module.name timed into spent[piece] while the block runs (a generator: the time of each next())."""
+    real = getattr(module, name)
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return real(*a, **kw)
+        finally:
+            spent[piece] += time.perf_counter() - t0
+
+    def timed_generator(*a, **kw):
+        it = real(*a, **kw)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            finally:
+                spent[piece] += time.perf_counter() - t0
+            yield item
+
+    setattr(module, name, timed_generator if generator else timed)
+    try:
+        yield
+    finally:
+        setattr(module, name, real)
+
+
+@contextlib.contextmanager
+def modules_timed(spent, device):
+    """Forward hooks on every SERModel built meanwhile: its whole forward pass (spent["model"]), its conv front
+    end and its transformer layers (the GPU synchronised at each hook, so that each piece is its own)."""
+    from model import SERModel
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    spent["model"] = 0.0
+    starts = {}
+
+    def before(key):
+        def hook(module, args):
+            sync()
+            starts[key] = time.perf_counter()
+        return hook
+
+    def after(key):
+        def hook(module, args, out):
+            sync()
+            spent[key] += time.perf_counter() - starts[key]
+        return hook
+
+    real_init = SERModel.__init__
+
+    def init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        for module, key in ((self, "model"), (self.backbone.feature_extractor, "conv front end"),
+                            (self.backbone.encoder, "transformer layers")):
+            module.register_forward_pre_hook(before(key))
+            module.register_forward_hook(after(key))
+
+    SERModel.__init__ = init
+    try:
+        yield
+    finally:
+        SERModel.__init__ = real_init
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["checkpoint", "predict", "export"])
+    p.add_argument("what", choices=["checkpoint", "predict", "export", "profile"])
     p.add_argument("folder")
     p.add_argument("--seconds", type=float, default=25.0, help="predict: seconds of speech (default: 25)")
     p.add_argument("--members", type=int, nargs="+", default=[2, 25], choices=[2, 25],
@@ -200,6 +312,9 @@ def main(argv=None):
     prepare(args.folder, args.seconds)
     if args.what == "export":
         exports(args.folder, args.members)
+        return 0
+    if args.what == "profile":
+        profile(args.folder, args.members, args.device)
         return 0
     measure(args.folder, args.device, args.members)
     times = forward_times(args.folder, args.device)
