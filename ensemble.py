@@ -278,7 +278,9 @@ def run_members(members, batches, device, precision, bar, loaded=None):
         return []
     each = [[] for _ in members]  # per member, its probabilities of each batch
     todo = tqdm(total=len(members) * len(batches), unit="batch", desc=f"{len(members)} model(s)", **bar)
-    for k, model in enumerate(loaded or models(members, device, precision == "int8")):
+    made = iter(loaded or models(members, device, precision == "int8"))
+    for k in range(len(members)):
+        model = next(made)  # not enumerate(made): its reused tuple would hold the last member while the next is read
         with autocast(precision, device):  # one context per member: bf16 autocast casts its weights once (predict())
             for x, mask in batches:
                 x = x.to(device, non_blocking=True)

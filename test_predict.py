@@ -347,11 +347,12 @@ def watch_models(module, monkeypatch):
     built, alive = [], []
     real_model_from_spec = module.model_from_spec
 
-    def count_alive(model, args):  # a model no longer referenced is freed at once (no reference cycles)
+    def count_alive(model, args):
         alive.append(sum(m() is not None for m in built))
 
-    def model_from_spec(spec, **kw):  # every model the module builds, watched
-        model = real_model_from_spec(spec, **kw)
+    def model_from_spec(spec, **kw):  # every model the module builds, watched, in a reference cycle as HuBERT-Large
+        model = real_model_from_spec(spec, **kw)  # is (transformers' modules): freed only by the garbage collector
+        model.__dict__["cycle"] = [model]
         built.append(weakref.ref(model))
         model.register_forward_pre_hook(count_alive)
         return model
