@@ -31,7 +31,7 @@ import runs
 import stats
 from figures import pyplot
 from files import atomic_write, locked, read_json, write_json
-from settings import THIS_PROCESS, Config, DamagedFile, UserError, config_parser, guarded, make_config
+from settings import THIS_PROCESS, Config, DamagedFile, UserError, config_parser, guarded, make_config, with_test_sets
 
 SWEEPS = ["backbone", "layers", "dropout", "pooling", "mixup", "center_weight"]  # flags that take a list of values
 
@@ -106,17 +106,20 @@ def run(args):
     """Every cell x fold x seed is a job of reproduce.py's kind, trained by reproduce.train_jobs, the
     report rebuilt after each. An ablation folder remembers its sweep (SWEEP_FILE): `--resume --out DIR`
     alone continues it."""
-    args = {**saved_sweep(args.get("out")), **args}  # flags not given: the ablation folder's own sweep
+    saved = saved_sweep(args.get("out"))
+    args = {**saved, **args}  # flags not given: the ablation folder's own sweep
     given = dict(args)
     grid, protocol, ref = cells(args)
     folds_arg = args.pop("folds", None)
     args.pop("list_jobs", None), args.pop("job", None)
-    configs = [make_config(PROTOCOL_33 if protocol == "3.3" else PROTOCOL_34, args, cell) for cell in grid]
+    configs = [with_test_sets(make_config(PROTOCOL_33 if protocol == "3.3" else PROTOCOL_34, args, cell), saved)
+               for cell in grid]
+    given.update({k: list(getattr(configs[0], k)) for k in ("test_on", "test_root") if getattr(configs[0], k)})
     base = configs[0]
     if (base.resume or given.get("list_jobs")) and not base.out:
         raise UserError("--resume and --list-jobs need the --out folder of the ablation")
     out = Path(base.out) if base.out else None
-    corpus, folds = reproduce.checked(configs, folds_arg, "--folds", out, [cell_name(cell) for cell in grid])
+    corpus, folds, test_sets = reproduce.checked(configs, folds_arg, "--folds", out, [cell_name(cell) for cell in grid])
     if folds_arg is None:  # the paper's protocol: test on session 5, IEMOCAP's last fold (another corpus: its last)
         folds = corpus.folds[-1:]
     seeds = range(base.seed, base.seed + base.seeds)
@@ -125,7 +128,7 @@ def run(args):
              f"reference: {cell_name(grid[ref])}")
     return reproduce.train_jobs(__file__, given, jobs, corpus, out, "ablate-%Y%m%d-%H%M%S",
                                 lambda out: report(grid, protocol, ref, out), about, results="ablation.md",
-                                started=lambda out: remember_sweep(out, given))
+                                started=lambda out: remember_sweep(out, given), test_sets=test_sets)
 
 
 def saved_sweep(out):
@@ -174,20 +177,52 @@ def compare(rows, ref):
 
 
 def report(grid, protocol, ref, out):
-    """ablation.md (returned, to print), ablation.csv, ablation.png (scores per cell; for --layers,
-    Fig. 2) and ablation_diff.png (the paired differences to the reference, a forest plot).
+    """ablation.md (returned, to print; with --test-on, the cells on each test set of another corpus too),
+    ablation.csv, ablation.png (scores per cell; for --layers, Fig. 2) and ablation_diff.png (the paired
+    differences to the reference, a forest plot).
     Serialised by flock(2) on OUT/.report.lock, as runs.summarise."""
     with locked(out / ".report.lock"):
         configs, damaged = [runs.read_config(out / cell_name(c) / "config.json") for c in grid], []
         rows = compare([dict(cell=c, done=cell_results(out, c, damaged), paper=paper_numbers(c, protocol, config))
                         for c, config in zip(grid, configs)], ref)
-        table = markdown(rows, protocol, ref, damaged)
+        table = markdown(rows, protocol, ref, damaged) + cross_corpus(rows, ref)
         atomic_write(out / "ablation.md", lambda tmp: tmp.write_text(table))
         write_csv(rows, out / "ablation.csv")
         if any(r["done"] for r in rows):
             plot_cells(rows, out / "ablation.png", protocol)
             plot_differences(rows, ref, out / "ablation_diff.png")
     return table
+
+
+def cross_corpus(rows, ref):
+    """ablation.md's tables of the test sets of other corpora (--test-on), one per set: each cell's scores
+    there and its paired difference to the reference cell, computed as in-corpus (compare)."""
+    names = list(dict.fromkeys(t for r in rows for m in r["done"].values() for t in m.get("targets", {})))
+    lines = []
+    for name in names:
+        on = compare([dict(cell=r["cell"], done={p: m["targets"][name] for p, m in r["done"].items()
+                                                 if name in m.get("targets", {})}) for r in rows], ref)
+        keys = list(dict.fromkeys(k for r in on for k in r["cell"]))
+        lines += ["", f"Cross-corpus, on {name} (--test-on): the same jobs' best models, the same statistics.", "",
+                  "| " + " | ".join(keys + ["jobs", "WA (%)", "UA (%)", "ΔWA vs ref", "ΔUA vs ref"]) + " |",
+                  "|---" * (len(keys) + 5) + "|"]
+        lines += ["| " + " | ".join([str(r["cell"].get(k, "")) for k in keys] + [str(len(r["done"])), score(r, "wa"),
+                                    score(r, "ua"), difference(r, "wa", i == ref), difference(r, "ua", i == ref)]) + " |"
+                  for i, r in enumerate(on)]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def score(r, m):
+    """A cell's mean ± std [t-interval] of metric m, in %."""
+    return fmt(r[m]["mean"]) + ("" if r[m]["std"] is None else
+                                f" ± {fmt(r[m]['std'])} [{fmt(r[m]['ci'][0])}, {fmt(r[m]['ci'][1])}]")
+
+
+def difference(r, m, reference):
+    """A cell's mean paired difference to the reference [bootstrap interval] and sign-flip p, in points."""
+    d = r[f"d_{m}"]
+    return ("(reference)" if reference else "-" if d["mean"] is None else
+            f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] p={d['p']:.3g}")
 
 
 def fmt(v, digits=2):
@@ -206,14 +241,10 @@ def markdown(rows, protocol, ref, damaged=()):
              f"Reference: row {ref + 1} ({cell_name(rows[ref]['cell'])}).", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for i, r in enumerate(rows):
-        score = lambda m: fmt(r[m]["mean"]) + ("" if r[m]["std"] is None else
-                                              f" ± {fmt(r[m]['std'])} [{fmt(r[m]['ci'][0])}, {fmt(r[m]['ci'][1])}]")
-        diff = lambda m: ("(reference)" if i == ref else "-" if r[f"d_{m}"]["mean"] is None else
-                          f"{r[f'd_{m}']['mean']:+.2f} [{r[f'd_{m}']['ci'][0]:+.2f}, {r[f'd_{m}']['ci'][1]:+.2f}] "
-                          f"p={r[f'd_{m}']['p']:.3g}")
         paper = r["paper"] or ("-", "-")
-        lines.append("| " + " | ".join([str(r["cell"].get(k, "")) for k in keys] + [str(len(r["done"])), score("wa"),
-                                        score("ua"), str(paper[0]), str(paper[1]), diff("wa"), diff("ua")]) + " |")
+        lines.append("| " + " | ".join([str(r["cell"].get(k, "")) for k in keys] + [str(len(r["done"])), score(r, "wa"),
+                                        score(r, "ua"), str(paper[0]), str(paper[1]), difference(r, "wa", i == ref),
+                                        difference(r, "ua", i == ref)]) + " |")
     lines += ["", "Scores: mean ± std over the cell's (fold, seed) jobs [Student-t 95 % interval]. Δ: mean paired "
               "difference to the reference over the jobs both cells have (same fold and seed: same split, "
               "initialisation and draws), in points, [bootstrap 95 % interval, 10,000 resamples of the pairs], "

@@ -32,12 +32,12 @@ class Board:
         self.on, self.writer = rt.rank == 0 and not cfg.no_tensorboard, None
 
     @contextmanager
-    def _writing(self, step):
+    def _writing(self, step, purge=True):
         """The writer, opened at the first step written: it purges what a killed process wrote from
-        there on. A disk or quota that fills meanwhile ends the run in one line (DiskFull)."""
+        there on (purge). A disk or quota that fills meanwhile ends the run in one line (DiskFull)."""
         with writing(self.folder):
             if self.writer is None:
-                self.writer = summary_writer()(self.folder, purge_step=step)
+                self.writer = summary_writer()(self.folder, purge_step=step if purge else None)
             yield self.writer
 
     def step(self, epoch, k, losses, lr):
@@ -59,9 +59,10 @@ class Board:
                         w.add_scalar(tag, row[key], step)
                 w.flush()
 
-    def end(self, test, classes, job, epochs):
+    def end(self, test, classes, job, epochs, targets=None):
         """The test of the job, trained for `epochs` epochs, after its last step: the scores, the
-        confusion matrix and, beside the scores, the settings that decide what the job computes."""
+        confusion matrix and, beside the scores, the settings that decide what the job computes;
+        targets: its scores on the test sets of other corpora (crosscorpus.score_job), as cross/NAME/*."""
         if not self.on:
             return
         step = epochs * self.steps + 1
@@ -70,7 +71,7 @@ class Board:
         draw_confusion(ax, test["confusion"], classes, f"fold {job.fold} seed {job.seed}: test")
         settings = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RUN_ONLY}
         settings.update(fold=job.fold, seed=job.seed, precision=self.rt.precision)
-        scores = {"test/WA": test["wa"], "test/UA": test["ua"]}
+        scores = {"test/WA": test["wa"], "test/UA": test["ua"], **cross_scalars(targets or {})}
         from torch.utils.tensorboard.summary import hparams  # loaded with the writer
         _, start, end = hparams(settings, scores)  # without the experiment summary (add_hparams writes one), TensorBoard
         with self._writing(step) as w:  # builds it from every job's settings, those that differ between jobs first
@@ -80,3 +81,19 @@ class Board:
             for summary in (start, end):
                 w.file_writer.add_summary(summary, step)
             w.close()
+
+    def targets(self, found, epochs):
+        """Scores on test sets of other corpora added to a finished job (crosscorpus.score_finished), one step
+        after its test, the steps before it kept."""
+        if self.on:
+            step = epochs * self.steps + 2
+            with self._writing(step, purge=False) as w:
+                for tag, value in cross_scalars(found).items():
+                    w.add_scalar(tag, value, step)
+                w.close()
+
+
+def cross_scalars(targets):
+    """{cross/NAME/WA|UA|F1: value} of a job's scores on other corpora."""
+    return {f"cross/{name}/{metric.upper() if metric != 'f1' else 'F1'}": s[metric]
+            for name, s in targets.items() for metric in ("wa", "ua", "f1")}

@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from iemocap import CLASSES, Utterance, read_iemocap
-from synthetic import make_synthetic_iemocap
+from corpus import OTHER_CORPUS
+from synthetic import make_other_corpus, make_synthetic_iemocap
 
 HERE = Path(__file__).parent
 TINY = ["--demo", "--epochs", "1", "--max-len", "8000"]  # a job in a few seconds; windows of 0.5 s
@@ -32,7 +33,10 @@ TINY = ["--demo", "--epochs", "1", "--max-len", "8000"]  # a job in a few second
 
 @pytest.fixture(scope="session")
 def replica(tmp_path_factory):
-    return make_synthetic_iemocap(tmp_path_factory.mktemp("iemocap") / "IEMOCAP_full_release")
+    """The demo's corpus, and its cross-corpus test set beside it, as --demo writes them."""
+    root = make_synthetic_iemocap(tmp_path_factory.mktemp("iemocap") / "IEMOCAP_full_release")
+    make_other_corpus((root / OTHER_CORPUS).parent)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +90,7 @@ def one_line_error(done, *words):
 def small_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("small") / "corpus"
     make_synthetic_iemocap(root, utterances_per_speaker=8)
+    make_other_corpus((root / OTHER_CORPUS).parent, per_class=8)  # its cross-corpus test set: 32 utterances
     return root
 
 

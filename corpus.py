@@ -119,8 +119,12 @@ def load(cfg, folds=None, flag="--fold"):
             shape = from_iemocap([], name)  # the replica's folds and classes, before it exists
             choose_folds(keep_classes(shape, cfg.classes) if cfg.classes else shape, folds, flag)
             import synthetic  # here: it needs scipy.signal, seconds to import
-            print(f"writing the synthetic corpus to {root}", file=sys.stderr)
-            synthetic.make_synthetic_iemocap(root, utterances_per_speaker=cfg.demo_speaker_utterances)
+            if not (root / "synthetic_manifest.tsv").exists():
+                print(f"writing the synthetic corpus to {root}", file=sys.stderr)
+                synthetic.make_synthetic_iemocap(root, utterances_per_speaker=cfg.demo_speaker_utterances)
+            print(f"writing a second synthetic corpus, to test on (--test-on), to {root / OTHER_CORPUS}",
+                  file=sys.stderr)
+            synthetic.make_other_corpus((root / OTHER_CORPUS).parent)
         corpus = from_iemocap(iemocap.read_iemocap(root), name=name)
     else:
         corpus = load_iemocap(cfg.iemocap or os.environ.get("IEMOCAP_ROOT", ""), cfg.allow_incomplete)
@@ -130,14 +134,19 @@ def load(cfg, folds=None, flag="--fold"):
     return corpus
 
 
+OTHER_CORPUS = "other-corpus/track2.jsonl"  # under --demo's replica: its cross-corpus test set (synthetic.py)
+
+
 def demo_root(cfg):
     """Where --demo's synthetic replica is, or is written on its first run."""
     return Path(cfg.demo_corpus or Path.home() / ".cache" / "ser-lam-mixup" / f"synthetic-iemocap-{cfg.demo_speaker_utterances}")
 
 
 def writes(cfg):
-    """Whether load(cfg) writes: --demo's replica, the first time."""
-    return cfg.demo and not cfg.manifest and not cfg.iemocap and not (demo_root(cfg) / "synthetic_manifest.tsv").exists()
+    """Whether load(cfg) writes: --demo's replica and its cross-corpus test set, the first time."""
+    root = demo_root(cfg)
+    return (cfg.demo and not cfg.manifest and not cfg.iemocap and
+            not ((root / "synthetic_manifest.tsv").exists() and (root / OTHER_CORPUS).exists()))
 
 
 def choose_folds(corpus, folds, flag="--fold"):

@@ -8,8 +8,9 @@
     python predict.py --run runs/X --export model/ [--dtype bf16] [--onnx]  # a self-contained folder with a model card
     python predict.py --model model/ a.wav                    # predict from that folder alone
     python predict.py --bench --run runs/X [--n 200]          # batched vs one file at a time
+    python predict.py --run runs/X --score TEST_SET.jsonl     # WA, UA, F1 of each model and the ensemble on another corpus
 
-Each input is served as training served an utterance (train.UtteranceDataset): read as float32
+Each input is served as training served an utterance (data.UtteranceDataset): read as float32
 mono, resampled to 16 kHz, cut to windows of the run's max_len samples (6.25 s in the paper), each
 window divided by its own peak, padded to 400 samples if shorter. The model learned from an
 utterance's first window only; a longer recording gets a window every half window (starts 0, hop,
@@ -20,7 +21,7 @@ Silero VAD finds the speech first and only the speech segments are cut into wind
 Padding follows the run (model.json): a model trained with fixed padding (the authors' setting)
 saw every utterance padded to max_len with its mean and no attention mask, so its windows are
 padded that way here too; a model trained with --padding dynamic gets length-sorted batches
-zero-padded to the batch's longest window, with the attention mask. Either way predict.py feeds
+zero-padded to the batch's longest window (rounded up to 0.2 s), with the attention mask. Either way predict.py feeds
 the model what its own test fed it, which is why --fold K --crop gives back the fold's test classes.
 
 Several models (the folds of a run, the seeds of a fold) form an ensemble: the mean of their
@@ -45,6 +46,8 @@ from pathlib import Path
 import numpy as np
 
 import audio
+import runs
+from corpus import read_split
 from ensemble import PRECISIONS, load_export, load_run, predict, resolve
 from export import ONNX_INSTALL
 from figures import pyplot
@@ -87,26 +90,37 @@ def parser():
     out.add_argument("--segments", action="store_true", help="one row per window (with --vad: per speech segment), "
                      "with its start and end in seconds")
     out.add_argument("--plot", metavar="PNG", help="with one input file: its class probabilities per window over time")
-    out.add_argument("--export", metavar="DIR", help="write the selected models as a self-contained folder "
-                     "(config.json, model.safetensors, README.md model card) and exit")
-    out.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                     help="--export: weights stored in this type (bf16: half the size; loaded back as fp32)")
-    out.add_argument("--onnx", action="store_true", help="--export: also model.onnx (+ model.onnx.data), the "
-                     "ensemble as one ONNX graph (windows in, mean probabilities out), checked with onnxruntime; "
-                     f"needs {ONNX_INSTALL}")
+    instead(p.add_argument_group("instead of predicting"))
     run = p.add_argument_group("how it runs")
     run.add_argument("--device", default="", metavar="DEV", help="cuda, cpu, ... (default: cuda when present)")
     run.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                      help="auto (default): bf16 autocast on a GPU or CPU that computes in bf16, else fp32")
     run.add_argument("--int8", action="store_true", help="CPU: the Linear layers in int8 (torch's dynamic "
                      "quantization), the rest in fp32; for a CPU without bf16")
-    run.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass (default: 16)")
+    run.add_argument("--batch-size", type=int, metavar="N", help="windows per forward pass (default: 16; --score: the run's)")
     run.add_argument("--workers", type=int, default=2, metavar="N",
                      help="DataLoader processes decoding audio ahead (0: in this process; default: 2)")
-    run.add_argument("--bench", action="store_true", help="time N test utterances of the run's corpus batched, then "
-                     "one file at a time (batch 1, no workers) with the same models, and print the ratio")
-    run.add_argument("--n", type=int, default=200, help="--bench: utterances (default: 200)")
     return p
+
+
+def instead(group):
+    """The flags of what predict.py does instead of predicting: --score, --export, --bench."""
+    group.add_argument("--score", metavar="TEST_SET", help="score the models on a labelled test set of another corpus "
+                       "(an EmoBox track2 file, EmoBox dataset folder or manifest, or a CSV of path and label, as "
+                       "reproduce.py --test-on): WA, UA and macro-F1 of each model and of their ensemble, and the "
+                       "ensemble's confusion matrix, each utterance's first window as the jobs score it")
+    group.add_argument("--score-root", metavar="DIR", help="--score: the folder its relative audio paths start from "
+                       "(as reproduce.py --test-root; default: the file's own folder)")
+    group.add_argument("--export", metavar="DIR", help="write the selected models as a self-contained folder "
+                       "(config.json, model.safetensors, README.md model card) and exit")
+    group.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                       help="--export: weights stored in this type (bf16: half the size; loaded back as fp32)")
+    group.add_argument("--onnx", action="store_true", help="--export: also model.onnx (+ model.onnx.data), the "
+                       "ensemble as one ONNX graph (windows in, mean probabilities out), checked with onnxruntime; "
+                       f"needs {ONNX_INSTALL}")
+    group.add_argument("--bench", action="store_true", help="time N test utterances of the run's corpus batched, then "
+                       "one file at a time (batch 1, no workers) with the same models, and print the ratio")
+    group.add_argument("--n", type=int, default=200, help="--bench: utterances (default: 200)")
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -225,6 +239,51 @@ def plot(rec, setup, window, path):
     plt.close(fig)
 
 
+def score(members, setup, args):
+    """--score: each member and the ensemble on a labelled test set of another corpus, as the run's jobs scored
+    it (crosscorpus.score_members): a run's own batch size and precision, unless --batch-size or --precision
+    are given; a test set that shares an utterance with the run's splits is refused, as --test-on refuses it."""
+    import crosscorpus
+    from runtime import Runtime
+    batch, precision, ids = args.batch_size or 16, args.precision, set()
+    if args.run:
+        saved = runs.read_config(Path(args.run) / "config.json")["config"]
+        batch = args.batch_size or saved.get("batch_size", batch)
+        precision = saved.get("precision", precision) if precision == "auto" else precision
+        for m in members:
+            ids |= {i for part in read_split(Path(args.run) / m.name / "split").values() for i in part}
+    device, precision = resolve(args.device, precision if precision in ("fp32", "bf16") else "auto", args.int8)
+    (test_set,) = crosscorpus.load([args.score], [args.score_root] if args.score_root else [],
+                                   (f"the run {args.run}" if args.run else "the export", setup.classes, ids, set()))
+    audio = crosscorpus.decode([test_set], {})
+    found = crosscorpus.score_members(members, setup, test_set, audio, batch, Runtime(device, precision))
+    if args.json:
+        text = json.dumps(dict(test_set=test_set.name, file=args.score, n=len(test_set.utterances), precision=precision,
+                               **{k: v for k, v in found.items() if k != "probs"})) + "\n"
+    else:
+        text = score_table(test_set, found, setup.classes, precision)
+    atomic_write(args.out, lambda tmp: tmp.write_text(text)) if args.out else sys.stdout.write(text)
+    return 0
+
+
+def score_table(test_set, found, classes, precision):
+    """--score's markdown: a row per model, the ensemble's last; the ensemble's confusion matrix."""
+    pct = lambda x: f"{100 * x:.2f}"
+    lines = [f"{test_set.name}: {len(test_set.utterances)} utterances ({args_counts(test_set)}); each utterance's "
+             f"first window, {precision}", "", "| model | WA (%) | UA (%) | macro-F1 (%) |", "|---|---|---|---|"]
+    rows = [*found["members"].items(), (f"ensemble of {len(found['members'])} (mean probabilities)", found["ensemble"])]
+    lines += [f"| {name} | {pct(s['wa'])} | {pct(s['ua'])} | {pct(s['f1'])} |" for name, s in rows]
+    lines += ["", "Confusion matrix of the ensemble (rows: true, columns: predicted):", "",
+              "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    lines += [f"| {c} | " + " | ".join(map(str, row)) + " |" for c, row in zip(classes, found["ensemble"]["confusion"])]
+    return "\n".join(lines) + "\n"
+
+
+def args_counts(test_set):
+    from collections import Counter
+    return ", ".join(f"{c} {n}" for c, n in Counter(u.label for u in test_set.utterances).items())
+
+
 # ---------------------------------------------------------------------------- command line
 
 
@@ -239,7 +298,9 @@ def check(args):
         raise UserError("--export writes the model folder and predicts nothing: give it no audio")
     if args.export and not args.run:
         raise UserError("--export needs --run (the model card is made from the run's config and metrics)")
-    if not (args.export or args.bench or args.inputs):
+    if args.score and (args.inputs or args.export or args.bench):
+        raise UserError("--score scores the models on its test set: give it no audio, --export or --bench")
+    if not (args.export or args.bench or args.inputs or args.score):
         raise UserError("no audio given: pass files, folders or .txt lists (see --help)")
     if args.onnx and not args.export:
         raise UserError("--onnx goes with --export DIR: it writes model.onnx into the exported folder")
@@ -269,9 +330,12 @@ def main_checked(args):
         export(members, dataclasses.replace(setup, max_len=args.max_len or setup.max_len), args.run, args.export,
                args.dtype, args.onnx)
         return 0
+    args.batch_size = args.batch_size or (None if args.score else 16)
     if args.bench:
         from bench import predict_speed
         return predict_speed(members, setup, args)
+    if args.score:
+        return score(members, setup, args)
     paths, part = inputs(args)
     window = args.max_len or setup.max_len
     device, precision = resolve(args.device, args.precision, args.int8)

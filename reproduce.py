@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import corpus as corpora
+import crosscorpus
 import runs
-from settings import UserError, check_config, check_out, config_parser, guarded, make_config
+from settings import UserError, check_config, check_out, config_parser, guarded, make_config, with_test_sets
 
 
 def parser():
@@ -43,22 +44,24 @@ def reproduce(given):
         from summary import summarise
         print(summarise(out), end="")
         return 0
-    cfg = make_config(runs.saved_settings(out), given)  # flags not given: the run folder's own settings
+    saved = runs.saved_settings(out)
+    cfg = with_test_sets(make_config(saved, given), saved)  # flags not given: the run folder's own settings
     if (cfg.resume or given.get("list_jobs")) and not out:
         raise UserError("--resume and --list-jobs need the --out folder of the run (every job writes into it)")
-    corpus, folds = checked([cfg], None if cfg.fold == "all" else [cfg.fold], "--fold", out)
+    corpus, folds, test_sets = checked([cfg], None if cfg.fold == "all" else [cfg.fold], "--fold", out)
     jobs = [runs.Job(f, s, cfg) for s in range(cfg.seed, cfg.seed + cfg.seeds) for f in folds]
     about = f"{corpus.name}: {len(corpus.utterances)} utterances, {len(corpus.classes)} classes"
     from summary import summarise
-    return train_jobs(__file__, given, jobs, corpus, out, "%Y%m%d-%H%M%S", summarise, about)
+    return train_jobs(__file__, given, jobs, corpus, out, "%Y%m%d-%H%M%S", summarise, about, test_sets=test_sets)
 
 
 def checked(configs, folds, flag, out=None, cells=("",)):
     """Every check that comes before any work, cheapest first, so that a bad setting writes nothing: the
     settings' ranges; --out, and the settings already in its run folders (out/cell, one per config); the
     corpus (label files only) and the folds asked (`flag` names them); the backbone's config (its weights
-    are not read); each fold's validation part. --demo's synthetic replica, written on its first run, is
-    written after the backbone's check. Returns (the corpus, its folds to run)."""
+    are not read); each fold's validation part; the test sets of other corpora (--test-on: labels, files,
+    no utterance shared with the corpus). --demo's synthetic replica, written on its first run, is written
+    after the backbone's check. Returns (the corpus, its folds to run, the test sets)."""
     for cfg in configs:
         check_config(cfg)
     if out:
@@ -74,15 +77,18 @@ def checked(configs, folds, flag, out=None, cells=("",)):
     folds = corpora.choose_folds(corpus, folds, flag)
     for val_fraction in {c.val_fraction for c in configs}:
         corpora.check_validation(corpus, folds, val_fraction)
-    return corpus, folds
+    return corpus, folds, crosscorpus.load(configs[0].test_on, configs[0].test_root, corpus)
 
 
-def train_jobs(script, given, jobs, corpus, out, stamp, report, about, results="results.md", started=None):
+def train_jobs(script, given, jobs, corpus, out, stamp, report, about, results="results.md", started=None,
+               test_sets=()):
     """The jobs of a run (reproduce.py's folds x seeds, or ablate.py's cells x folds x seeds): with
     --list-jobs their command lines; else this process trains and tests each job it can claim
     (--job: that one alone) with train.run_job, one after the other, and prints report(out), the
     run's summary (written to out/results), after each. out: the run folder (None: a new one named by
-    time.strftime(stamp)); started(out): what the first process writes there besides config.json."""
+    time.strftime(stamp)); started(out): what the first process writes there besides config.json.
+    test_sets (--test-on): each job scored on them after its own test; a job finished before a test set
+    was asked for is scored on it from its best.safetensors, without training."""
     import train
     from claims import Claims
 
@@ -92,7 +98,7 @@ def train_jobs(script, given, jobs, corpus, out, stamp, report, about, results="
     if given.get("list_jobs"):
         runs.list_jobs(script, given, out, jobs, mine)
         return 0
-    out, rt, audio = runs.start(jobs, out, stamp, corpus)
+    out, rt, audio = runs.start(jobs, out, stamp, corpus, test_sets)
     if rt.rank == 0:
         if started:
             started(out)
@@ -102,17 +108,29 @@ def train_jobs(script, given, jobs, corpus, out, stamp, report, about, results="
     for job in claims:
         if rt.rank == 0:
             print(f"--- {job.name}", flush=True)
-        train.run_job(job.cfg, corpus, audio, job, out / job.name, rt)
+        train.run_job(job.cfg, corpus, audio, job, out / job.name, rt, test_sets)
         trained += 1
         if rt.rank == 0:
             print(report(out), flush=True)
     if rt.rank == 0:
-        if not trained:  # every job was finished earlier, or is another process's: the summary as it stands
-            print(report(out), flush=True)
+        if score_finished(mine, out, corpus, audio, test_sets, rt) or not trained:  # new scores, or the summary as
+            print(report(out), flush=True)  # it stands: every job was finished earlier, or is another process's
         if (out / results).exists():
             print(f"results in {out / results}")
         claims.tell_skipped()
     return 0
+
+
+
+def score_finished(jobs, out, corpus, audio, test_sets, rt):
+    """The finished jobs of `jobs` not yet scored on every test set, scored from their best.safetensors
+    (crosscorpus.score_finished); returns how many were. A job trained with --no-save has no weights
+    left: one line says it cannot be scored."""
+    scored = 0
+    for job in jobs:
+        if test_sets and (out / job.name / "metrics.json").exists():
+            scored += crosscorpus.score_finished(out / job.name, job, corpus, audio, test_sets, rt)
+    return scored
 
 
 if __name__ == "__main__":

@@ -19,14 +19,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import crosscorpus
 from audio import decode
 from corpus import fold_key
-from files import HOST, read_json, writing
+from files import HOST, read_json, write_json, writing
 from runtime import barrier, broadcast, environment, start_runtime
 from settings import RUN_ONLY, THIS_PROCESS, UserError, check_out, flag, known
 
 # flags whose value is a path: --list-jobs writes them absolute
-PATHS = {"iemocap", "demo_corpus", "backbone", "manifest", "audio_root"}
+PATHS = {"iemocap", "demo_corpus", "backbone", "manifest", "audio_root", "test_on", "test_root"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,10 @@ def write_config(cfg, rt, out, corpus):
     Path(out).mkdir(parents=True, exist_ok=True)
     changed = check_settings(cfg, out, rt)
     if path.exists() and not changed:
+        saved = read_config(path)
+        if [saved["config"].get(k) for k in ("test_on", "test_root")] != [list(cfg.test_on), list(cfg.test_root)]:
+            saved["config"].update(test_on=list(cfg.test_on), test_root=list(cfg.test_root))  # test sets added
+            write_json(saved, path)  # later (settings.with_test_sets): --resume --out alone scores them too
         return
     resolved = dict(config=recorded(cfg, rt, out), corpus=dict(name=corpus.name, classes=list(corpus.classes),
                                                                paper=corpus.paper), environment=environment(rt.device))
@@ -148,8 +153,8 @@ def command_lines(script, given, out, names):
             continue
         head.append(flag(k))
         if v is not True:
-            head += [str(Path(x).absolute()) if k in PATHS and Path(str(x)).exists() else str(x)
-                     for x in (v if isinstance(v, list) else [v])]
+            head += [str(Path(x).absolute()) if k in PATHS and x and Path(str(x)).exists() else str(x)
+                     for x in (v if isinstance(v, (list, tuple)) else [v])]
     return [shlex.join(head + ["--out", str(Path(out).absolute()), "--job", name, "--resume"]) for name in names]
 
 
@@ -165,10 +170,11 @@ def list_jobs(script, given, out, jobs, mine):
     print(f"{len(todo)} of {len(mine)} jobs unfinished in {out}", file=sys.stderr)
 
 
-def start(jobs, out, stamp, corpus):
+def start(jobs, out, stamp, corpus, test_sets=()):
     """What every process of a run does before its first job: join torchrun's group, settle the
     device, agree on the run folder (rank 0's: out, or runs/<time.strftime(stamp)>), check it and
-    the settings, decode the audio (a broken wav stops here, before anything is written); rank 0
+    the settings, decode the audio, the test sets' too (a broken wav stops here, before anything is
+    written); rank 0
     then writes each config.json and registers every job's folder, so the summary counts jobs
     not started yet. Returns (out, runtime.Runtime, the decoded audio)."""
     folders, base = run_folders(jobs), jobs[0].cfg
@@ -180,7 +186,7 @@ def start(jobs, out, stamp, corpus):
     if not base.no_tensorboard:
         from board import summary_writer
         summary_writer()  # tensorboard is installed (or one line says so), before the audio is decoded
-    audio = decode(corpus.utterances)
+    audio = crosscorpus.decode(test_sets, decode(corpus.utterances))
     if rt.rank == 0:
         for sub, cfg in folders.items():
             write_config(cfg, rt, out / sub, corpus)

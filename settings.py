@@ -40,6 +40,13 @@ class Config:
                           "downloads/; a CSV: default its own folder)")
     classes: str = arg("", "comma-separated classes to keep, in this order (default: all the corpus has)")
     num_folds: int = arg(0, "a CSV with a speaker column: this many speaker-independent folds")
+    # cross-corpus test sets (docs/corpora.md, "Cross-corpus")
+    test_on: tuple = arg((), "test sets of other corpora, each job's best model scored on each after its own test: "
+                         "EmoBox track2 files (data/track2/*.jsonl), EmoBox dataset folders or manifests, CSV files "
+                         "(path, label)")
+    test_root: tuple = arg((), "the folder each --test-on's relative audio paths start from, one per --test-on in "
+                           "its order, '' for the default: a file's own folder (an EmoBox dataset folder has none: "
+                           "the one holding downloads/)")
     # model (Sec. 2.2, Sec. 3.3)
     backbone: str = arg(DEFAULT_BACKBONE, "hub id or local folder of the pretrained encoder (HuBERT, wav2vec 2.0, WavLM "
                         "or data2vec-audio; --hubert is the same flag); " + ", ".join(TINY) + ": a small random one")
@@ -98,8 +105,9 @@ DEMO = dict(backbone="tiny", layers=3, max_len=32_000, lr=5e-4, lr_center=5e-3, 
 # differ in them. Those of THIS_PROCESS are never taken from a run folder's config.json, so that
 # `--resume --out DIR` alone continues the run's own jobs (its folds, seeds and --grad-accum) on this machine.
 THIS_PROCESS = {"out", "device", "workers", "resume", "no_save", "no_tensorboard"}
-RUN_ONLY = THIS_PROCESS | {"fold", "seed", "seeds", "grad_accum", "lease_minutes"}
-RENAMED = {"hubert": "backbone"}  # the field's name in config.json files written before it was renamed
+RUN_ONLY = THIS_PROCESS | {"fold", "seed", "seeds", "grad_accum", "lease_minutes", "test_on", "test_root"}
+RENAMED = {"hubert": "backbone"}
+LISTS = {f.name for f in dataclasses.fields(Config) if f.type is tuple}  # a list each, in config.json too  # the field's name in config.json files written before it was renamed
 
 
 class UserError(Exception):
@@ -135,13 +143,15 @@ def config_parser(description, sweep=(), skip=()):
     for f in dataclasses.fields(Config):
         if f.name in skip:
             continue
-        shown = "" if f.type is bool or f.default == "" else f" (default: {f.default})"
+        shown = "" if f.type in (bool, tuple) or f.default == "" else f" (default: {f.default})"
         if f.name == "demo":
             shown = " (sets " + " ".join(f"{flag(k)} {v}" for k, v in DEMO.items()) + " unless given)"
         names = [flag(f.name)] + [flag(old) for old, new in RENAMED.items() if new == f.name]  # --hubert: the paper's word
         kw = dict(help=f.metadata["help"] + shown, default=argparse.SUPPRESS, dest=f.name)
         if f.type is bool:
             p.add_argument(*names, action="store_true", **kw)
+        elif f.type is tuple:
+            p.add_argument(*names, nargs="+", metavar="PATH", **kw)
         else:
             p.add_argument(*names, type=f.type, choices=f.metadata.get("choices"),
                            nargs="+" if f.name in sweep else None, **kw)
@@ -157,8 +167,19 @@ def known(settings):
 
 def make_config(*layers):
     """Config from dicts of settings, later ones winning, with --demo's settings under all of them."""
-    settings = {k: v for layer in layers for k, v in known(layer).items()}
+    settings = {k: tuple(v) if isinstance(v, list) and k in LISTS else v
+                for layer in layers for k, v in known(layer).items()}
     return Config(**{**(DEMO if settings.get("demo") else {}), **settings})
+
+
+def with_test_sets(cfg, saved):
+    """cfg with --test-on (and --test-root) the union of a run folder's saved test sets and those given, the
+    given ones last: `--resume --out DIR --test-on NEW` adds NEW to what the run is scored on."""
+    pairs = dict(zip(saved.get("test_on", ()), tuple(saved.get("test_root", ())) + ("",) * len(saved.get("test_on", ()))))
+    given = dict(zip(cfg.test_on, tuple(cfg.test_root) + ("",) * len(cfg.test_on)))
+    pairs = {**{k: v for k, v in pairs.items() if k not in given}, **given}
+    roots = tuple(pairs.values()) if any(pairs.values()) else ()
+    return dataclasses.replace(cfg, test_on=tuple(pairs), test_root=roots)
 
 
 # (field, test, what is allowed): checked before any audio is decoded or any model is built

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+import crosscorpus
 import paper
 import stats
 from corpus import fold_key
@@ -19,7 +20,7 @@ PAPER = {m: round(v / 100, 4) for m, v in paper.TABLE3.items()}  # Table 3, as f
 
 def summarise(run):
     """results.json, results.md and results.png of the run folder, from every finished job's
-    metrics.json. Serialised by flock(2) on RUN/.summary.lock: two processes finishing at
+    metrics.json; with test sets of other corpora, their table and cross_corpus.png too. Serialised by flock(2) on RUN/.summary.lock: two processes finishing at
     once write in turn, and the later one reads what the earlier wrote. Returns the table."""
     run = Path(run)
     with locked(run / ".summary.lock"):
@@ -34,11 +35,16 @@ def summarise(run):
                 except DamagedFile:  # the others are summarised; the table names this one
                     damaged.append(str(path.relative_to(run)))
         summary = aggregate(expected, done, config, damaged)
+        targets = crosscorpus.summarise(run, done, summary["classes"])  # --test-on: other corpora
+        if targets:
+            summary["targets"] = targets
         table = markdown(summary)
         write_json(summary, run / "results.json")
         atomic_write(run / "results.md", lambda tmp: tmp.write_text(table))
         if done:
             plot(summary, done, run / "results.png")
+        if targets:
+            crosscorpus.plot(targets, summary["classes"], run / "cross_corpus.png")
     return table
 
 
@@ -121,6 +127,7 @@ def markdown(s):
         lines += ["", "Pooled confusion matrix (rows: true, columns: predicted):", "",
                   "| | " + " | ".join(cls) + " |", "|---" * (len(cls) + 1) + "|"]
         lines += [f"| {c} | " + " | ".join(str(n) for n in row) + " |" for c, row in zip(cls, s["confusion"])]
+    lines += crosscorpus.markdown(s.get("targets", {}))
     return "\n".join(lines) + "\n"
 
 

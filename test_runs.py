@@ -231,7 +231,7 @@ def test_a_claim_renews_its_lock_through_a_step_longer_than_the_lease(small_corp
     import train
     seen = []
 
-    def slow(cfg, corpus, audio, job, folder, rt):  # one step of 1.5 s, the lease 0.6 s (--lease-minutes 0.01)
+    def slow(cfg, corpus, audio, job, folder, rt, test_sets=()):  # one step of 1.5 s, the lease 0.6 s (--lease-minutes 0.01)
         time.sleep(1.5)
         seen.append((claims._now(folder) - os.stat(folder / "lock").st_mtime,
                      [t.daemon for t in threading.enumerate() if t.name.startswith("renews")]))

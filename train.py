@@ -21,6 +21,7 @@ from audio import SAMPLE_RATE
 from board import Board
 from checkpoints import load_best, resume, save_best, save_state
 from corpus import write_split
+from crosscorpus import score_job
 from data import Epoch, loaders
 from files import write_json
 from losses import CenterLoss, joint_loss, label_adaptive_targets, mix_waveforms, mixup_targets, recognition_loss
@@ -31,14 +32,15 @@ from runtime import autocast, broadcast
 from seeds import DROPOUT, INIT, SHUFFLED_LABELS, derive_seed
 
 
-def run_job(cfg, corpus, audio, job, folder, rt):
+def run_job(cfg, corpus, audio, job, folder, rt, test_sets=()):
     """Train fold `job.fold` with seed `job.seed` and test it (Sec. 3.1, 3.4): the fold's training
     part, less a validation part for early stopping, trains the model; the epoch with the best
     validation WA is tested on the fold's test part. Returns the metrics, also written to
     folder/metrics.json, on rank 0 (None on the other ranks of a torchrun).
 
-    audio: the corpus decoded (audio.decode); rt: runtime.Runtime. A job interrupted after an epoch
-    continues from folder/state.pt and ends with the numbers of an uninterrupted one."""
+    audio: the corpus decoded (audio.decode); rt: runtime.Runtime; test_sets: other corpora the tested
+    model is scored on too (--test-on). A job interrupted after an epoch continues from folder/state.pt
+    and ends with the numbers of an uninterrupted one."""
     folder, name = Path(folder), f"fold {job.fold} seed {job.seed}"
     key = (job.seed, corpus.fold_number(job.fold))  # every random draw of the job derives from it
     split = job_split(corpus, job, cfg.val_fraction, cfg.shuffle_labels, cfg.padding, key)
@@ -57,16 +59,19 @@ def run_job(cfg, corpus, audio, job, folder, rt):
     # Sec. 3.4: "evaluating the best model" - reload it (the authors' script tested the last epoch: BACKGROUND.md, bug 2)
     load_best(folder / "best.safetensors", model, rt)
     test = evaluate(model, test_loader, rt, f"{name} test")
-    board.end(test, corpus.classes, job, record["epoch"])
+    across = score_job(model, test_sets, audio, corpus.classes, cfg, rt, folder)  # --test-on: other corpora
+    board.end(test, corpus.classes, job, record["epoch"], across)
     metrics = dict(fold=job.fold, seed=job.seed, wa=test["wa"], ua=test["ua"], recall=test["recall"],
                    confusion=test["confusion"], classes=list(corpus.classes), best_epoch=record["best_epoch"],
                    best_val_wa=record["best_wa"] if val_loader else None, n_train=len(split["train"]),
-                   n_val=len(split["val"]), n_test=len(split["test"]), history=record["history"])
+                   n_val=len(split["val"]), n_test=len(split["test"]), history=record["history"],
+                   **({"targets": across} if across else {}))
     write_json(metrics, folder / "metrics.json")
     (folder / "state.pt").unlink()
     if cfg.no_save:
         (folder / "best.safetensors").unlink()
-    print(f"{name}: test WA {test['wa']:.4f} UA {test['ua']:.4f} (best epoch {record['best_epoch']})", flush=True)
+    print(f"{name}: test WA {test['wa']:.4f} UA {test['ua']:.4f} (best epoch {record['best_epoch']})"
+          + "".join(f"  |  {t}: WA {s['wa']:.4f} UA {s['ua']:.4f}" for t, s in across.items()), flush=True)
     return metrics
 
 
