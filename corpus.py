@@ -317,6 +317,18 @@ def from_emobox(folder, audio_root):
                   vals if any(vals.values()) else None)
 
 
+def spreadsheet_rows(path):
+    """The rows of a CSV (or, named .tsv, TSV) file as dicts, column names stripped and in lower case,
+    cells stripped, a spreadsheet's empty rows (",,,") left out."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f, dialect=csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CorpusError(f"{path}: not a CSV file ({e})") from None
+    rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(k, str)} for row in rows]
+    return [row for row in rows if any(row.values())]
+
+
 def from_table(path, audio_root, num_folds):
     """A CSV, TSV (or JSON lines) file: `path`, `label`, and `fold` or `speaker`; optional `id`.
     Read as spreadsheets save them: a byte-order mark, CRLF line ends, blank lines, spaces around
@@ -324,13 +336,7 @@ def from_table(path, audio_root, num_folds):
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = [{str(k).strip().lower(): v for k, v in row.items()} for row in _jsonl(path)]
     else:
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                rows = list(csv.DictReader(f, dialect=csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel))
-        except (UnicodeDecodeError, csv.Error) as e:
-            raise CorpusError(f"{path}: not a CSV file ({e})") from None
-        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(k, str)} for row in rows]
-        rows = [row for row in rows if any(row.values())]  # a spreadsheet's empty rows (",,,")
+        rows = spreadsheet_rows(path)
     columns = set(rows[0]) if rows else set()
     if not {"path", "label"} <= columns or not columns & {"fold", "speaker"}:
         raise CorpusError(f"{path}: columns {', '.join(sorted(columns)) or 'none'}; a manifest needs path, label and "

@@ -9,7 +9,6 @@ IEMOCAP's codes alike: angry, happy and excited, sad, neutral). Everything here 
 any training: labels the model has no class for, files that are missing or cannot be read, and an
 utterance the training corpus holds too (the same file, or the same IEMOCAP utterance id).
 """
-import csv
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from corpus import from_emobox, spreadsheet_rows
 from iemocap import UTTERANCE_ID, Utterance
 from settings import CorpusError
 
@@ -48,7 +48,6 @@ def read(path, root=""):
         if not root:
             raise CorpusError(f"--test-on {path} is an EmoBox dataset folder: give its --test-root, the folder its "
                               "`wav` paths start from (the one holding downloads/)")
-        from corpus import from_emobox
         corpus = from_emobox(path, Path(root))
         return path.name, [(os.path.relpath(u.wav, root), u.wav, u.label, u.speaker) for u in corpus.utterances]
     if not path.is_file():
@@ -84,12 +83,9 @@ def json_rows(path):
 def table_rows(path, root):
     """A CSV or TSV test set: path and label columns (any case), id and speaker if there."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f, dialect=csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise CorpusError(f"--test-on {path}: not a CSV file ({e})") from None
-    rows = [{k.strip().lower(): (v or "").strip() for k, v in r.items() if isinstance(k, str)} for r in rows]
-    rows = [r for r in rows if any(r.values())]
+        rows = spreadsheet_rows(path)
+    except CorpusError as e:
+        raise CorpusError(f"--test-on {e}") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise CorpusError(f"--test-on {path}: a test set's CSV needs path and label columns")
     return [(r["path"], r["path"] if os.path.isabs(r["path"]) else str(root / r["path"]), r["label"],

@@ -98,7 +98,7 @@ def train_jobs(script, given, jobs, corpus, out, stamp, report, about, results="
     if given.get("list_jobs"):
         runs.list_jobs(script, given, out, jobs, mine)
         return 0
-    out, rt, audio = runs.start(jobs, out, stamp, corpus, test_sets)
+    out, rt, audio = runs.start(jobs, out, stamp, corpus, crosscorpus.decode(test_sets, {}))
     if rt.rank == 0:
         if started:
             started(out)
@@ -119,7 +119,6 @@ def train_jobs(script, given, jobs, corpus, out, stamp, report, about, results="
             print(f"results in {out / results}")
         claims.tell_skipped()
     return 0
-
 
 
 def score_finished(jobs, out, corpus, audio, test_sets, rt):

@@ -19,7 +19,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import crosscorpus
 from audio import decode
 from corpus import fold_key
 from files import HOST, read_json, write_json, writing
@@ -170,13 +169,13 @@ def list_jobs(script, given, out, jobs, mine):
     print(f"{len(todo)} of {len(mine)} jobs unfinished in {out}", file=sys.stderr)
 
 
-def start(jobs, out, stamp, corpus, test_sets=()):
+def start(jobs, out, stamp, corpus, audio=None):
     """What every process of a run does before its first job: join torchrun's group, settle the
     device, agree on the run folder (rank 0's: out, or runs/<time.strftime(stamp)>), check it and
-    the settings, decode the audio, the test sets' too (a broken wav stops here, before anything is
-    written); rank 0
-    then writes each config.json and registers every job's folder, so the summary counts jobs
-    not started yet. Returns (out, runtime.Runtime, the decoded audio)."""
+    the settings, decode the corpus's audio into `audio` (what is decoded already: the test sets';
+    a broken wav stops here, before anything is written); rank 0 then writes each config.json and
+    registers every job's folder, so the summary counts jobs not started yet. Returns (out,
+    runtime.Runtime, the decoded audio)."""
     folders, base = run_folders(jobs), jobs[0].cfg
     rt = start_runtime(base.device, base.precision, base.batch_size, base.demo)
     out = Path(broadcast(str(out or Path("runs") / time.strftime(stamp))))
@@ -186,7 +185,7 @@ def start(jobs, out, stamp, corpus, test_sets=()):
     if not base.no_tensorboard:
         from board import summary_writer
         summary_writer()  # tensorboard is installed (or one line says so), before the audio is decoded
-    audio = crosscorpus.decode(test_sets, decode(corpus.utterances))
+    audio = decode(corpus.utterances, audio)
     if rt.rank == 0:
         for sub, cfg in folders.items():
             write_config(cfg, rt, out / sub, corpus)
