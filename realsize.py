@@ -301,10 +301,10 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["checkpoint", "predict", "export", "profile"])
     p.add_argument("folder")
-    p.add_argument("--seconds", type=float, default=25.0, help="predict: seconds of speech (default: 25)")
+    p.add_argument("--seconds", type=float, default=25.0, help="predict, profile: seconds of speech (default: 25)")
     p.add_argument("--members", type=int, nargs="+", default=[2, 25], choices=[2, 25],
-                   help="predict: ensembles timed (default: 2 25)")
-    p.add_argument("--device", default="", help="predict: passed to predict.py (default: cuda when present)")
+                   help="predict, export, profile: the ensembles measured (default: 2 25)")
+    p.add_argument("--device", default="", help="predict, profile: the device (default: cuda when present)")
     args = p.parse_args(argv)
     if args.what == "checkpoint":
         checkpoint(args.folder)
