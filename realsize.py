@@ -8,7 +8,7 @@
 `predict` writes, once, in DIR: checkpoint/ (as above), best0.safetensors and best1.safetensors (two
 SERModels of that checkpoint cut to 22 layers, each with its own random f0/f1 and its own noise on the
 backbone's weights, as fine-tuning would leave them: no tensor is shared), run2/ and run25/ (run
-folders whose jobs, fold1-5 x seed0-4, point to those two files in turn by hard links: 2.4 GB of disk
+folders whose jobs, fold1-5 x seed0-4, point to those two files in turn by hard links: 2.3 GB of disk
 whatever the count; predict.py reads each member's file anew; their scores are 0) and
 speech.wav (fixtures/speech_pauses.wav repeated to --seconds). It then runs predict.py on speech.wav
 as a user would, one process per line: 2 and 25 members in fp32 and bf16 autocast (where the device has
